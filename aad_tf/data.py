@@ -1,0 +1,492 @@
+"""Datasets as deterministic, resumable tf.data pipelines.
+
+Images are float32 in [0, 1], shaped [N, H, W, C] (MNIST gets a channel axis);
+labels are int32 class ids, shaped [N].
+
+Where the data comes from (`load_arrays(..., source=...)`), all within one
+directory `data_dir` (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets):
+
+* 'npz': the file `<data_dir>/<name>.npz` holding the uint8 arrays `x_train`,
+  `y_train`, `x_test`, `y_test` (raw 0-255 pixels, integer labels). This is the
+  offline default: `shared/data/` holds `mnist.npz` and `cifar10.npz`.
+* 'tfds': a TFDS dataset already prepared under `data_dir`
+  (`tfds build mnist --data_dir=...`). TFDS is never asked to download unless
+  `download=True`; offline, a download attempt retries for minutes.
+* 'auto': the npz file if present, else a prepared TFDS dataset, else (only if
+  `download=True`) a TFDS download, else `DataNotFoundError` at once, naming
+  every path looked for.
+
+Training batches are a pure function of (seed, step): epoch `e` visits the
+examples in the order `np.random.default_rng([seed, e]).permutation(N)`, so a
+run restored at step k rebuilds exactly the stream it would have seen, by
+passing `start_step=k`. Do not checkpoint the tf.data iterator: it would
+serialise the captured image tensors.
+"""
+
+import dataclasses
+import functools
+import os
+import weakref
+import zipfile
+import zlib
+from typing import Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Static facts about a supported dataset."""
+  name: str
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  num_classes: int
+  num_train: int  # size of the standard training split
+  num_test: int  # size of the standard test split
+  tfds_name: str
+
+
+DATASETS = {
+    'mnist': DatasetInfo(
+        name='mnist', image_shape=(28, 28, 1), num_classes=10,
+        num_train=60000, num_test=10000, tfds_name='mnist'),
+    'cifar10': DatasetInfo(
+        name='cifar10', image_shape=(32, 32, 3), num_classes=10,
+        num_train=50000, num_test=10000, tfds_name='cifar10'),
+}
+
+SOURCES = ('auto', 'npz', 'tfds')
+AUGMENTATIONS = (None, 'pad_crop_flip')
+SPLITS = ('train', 'test')
+NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+
+_LOAD_CACHE_SIZE = 4
+
+
+class DataNotFoundError(FileNotFoundError):
+  """No local copy of a dataset was found and downloading was not allowed."""
+
+
+# eq=False: compare and hash by identity; element-wise `==` on arrays is
+# meaningless here and would make the dataclass unhashable.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Arrays:
+  """A dataset held in memory (read-only arrays).
+
+  Attributes:
+    x_train: float32 [N_train, H, W, C] in [0, 1].
+    y_train: int32 [N_train] class ids.
+    x_test: float32 [N_test, H, W, C] in [0, 1].
+    y_test: int32 [N_test] class ids.
+  """
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  @property
+  def num_train(self) -> int:
+    return len(self.x_train)
+
+  @property
+  def num_test(self) -> int:
+    return len(self.x_test)
+
+  def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (x, y) of 'train' or 'test'."""
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    if split == 'train':
+      return self.x_train, self.y_train
+    return self.x_test, self.y_test
+
+
+def get_info(name: str) -> DatasetInfo:
+  """Returns the DatasetInfo of `name`; ValueError for an unknown name."""
+  try:
+    return DATASETS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unknown dataset {name!r}; valid names: {sorted(DATASETS)}') from None
+
+
+def default_data_dir() -> str:
+  """TFDS's default data directory: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+  return os.path.expanduser(
+      os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+
+
+def load_arrays(name: str, *, data_dir: Optional[str] = None,
+                source: str = 'auto', download: bool = False) -> Arrays:
+  """Loads a whole dataset into memory (cached in-process).
+
+  Args:
+    name: a key of DATASETS.
+    data_dir: directory holding `<name>.npz` or a prepared TFDS dataset;
+      None means `default_data_dir()`.
+    source: 'auto', 'npz' or 'tfds' (see the module docstring).
+    download: allow TFDS to download and prepare the dataset in `data_dir`.
+
+  Returns:
+    Arrays with x float32 [N, H, W, C] in [0, 1] and y int32 [N].
+
+  Raises:
+    DataNotFoundError: no data where it was looked for.
+    ValueError: bad arguments, or a file that is unreadable or holds arrays of
+      the wrong shape, dtype or label range.
+  """
+  info = get_info(name)
+  if source not in SOURCES:
+    raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
+  data_dir = os.path.abspath(os.fspath(
+      default_data_dir() if data_dir is None else data_dir))
+  npz_path = os.path.join(data_dir, f'{name}.npz')
+  tfds_dir = os.path.join(data_dir, info.tfds_name)
+
+  if source == 'npz' or (source == 'auto' and os.path.isfile(npz_path)):
+    if not os.path.isfile(npz_path):
+      raise DataNotFoundError(_not_found_message(info, [npz_path], data_dir))
+    stat = os.stat(npz_path)
+    # The file's size and mtime are in the key so that a replaced file is
+    # read again.
+    return _load_npz_cached(name, npz_path, stat.st_size, stat.st_mtime_ns)
+
+  looked_for = ([npz_path] if source == 'auto' else []) + [tfds_dir + os.sep]
+  if not (download or os.path.isdir(tfds_dir)):
+    raise DataNotFoundError(_not_found_message(info, looked_for, data_dir))
+  return _load_tfds_cached(name, data_dir, download, tuple(looked_for))
+
+
+def clear_cache() -> None:
+  """Forgets the datasets that load_arrays has cached."""
+  _load_npz_cached.cache_clear()
+  _load_tfds_cached.cache_clear()
+
+
+def _not_found_message(info: DatasetInfo, looked_for: list[str],
+                       data_dir: str) -> str:
+  paths = '\n'.join(f'  {p}' for p in looked_for)
+  return (
+      f'No data for dataset {info.name!r}. Looked for:\n{paths}\n'
+      f'To provide it, do one of:\n'
+      f'  - put {info.name}.npz, holding uint8 arrays '
+      f'{", ".join(NPZ_KEYS)}, in --data_dir (now {data_dir});\n'
+      f'  - prepare the TFDS dataset {info.tfds_name!r} there '
+      f'(tfds build {info.tfds_name} --data_dir={data_dir});\n'
+      f'  - pass --download (download=True) to let TFDS download it.')
+
+
+@functools.lru_cache(maxsize=_LOAD_CACHE_SIZE)
+def _load_npz_cached(name: str, path: str, size: int,
+                     mtime_ns: int) -> Arrays:
+  del size, mtime_ns  # Only part of the cache key.
+  info = get_info(name)
+  raw = _read_npz(path)
+  arrays = _to_arrays(raw, info, origin=path)
+  _log_loaded(info, arrays, path)
+  return arrays
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """Reads the four NPZ_KEYS arrays of an .npz file; ValueError if unreadable."""
+  # Errors np.load and zipfile raise for a truncated, corrupt or foreign file.
+  read_errors = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
+                 zlib.error)
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except read_errors as e:
+    raise ValueError(
+        f'{path}: cannot read as an .npz archive ({type(e).__name__}: {e}); '
+        f'the file may be truncated or corrupt') from e
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise ValueError(
+        f'{path}: expected an .npz archive holding {", ".join(NPZ_KEYS)}, '
+        f'found a single {type(loaded).__name__}')
+  with loaded:
+    missing = [k for k in NPZ_KEYS if k not in loaded.files]
+    if missing:
+      raise ValueError(
+          f'{path}: missing arrays {missing}; it holds {sorted(loaded.files)}, '
+          f'expected {list(NPZ_KEYS)}')
+    try:
+      return {k: loaded[k] for k in NPZ_KEYS}
+    except read_errors as e:
+      raise ValueError(
+          f'{path}: cannot read its arrays ({type(e).__name__}: {e}); '
+          f'the file may be truncated or corrupt') from e
+
+
+@functools.lru_cache(maxsize=_LOAD_CACHE_SIZE)
+def _load_tfds_cached(name: str, data_dir: str, download: bool,
+                      looked_for: tuple[str, ...]) -> Arrays:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  info = get_info(name)
+  builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not download:
+      raise DataNotFoundError(
+          _not_found_message(info, list(looked_for), data_dir) +
+          f'\n({builder.data_dir} holds no prepared dataset.)')
+    logging.info('Downloading %s with TFDS into %s', info.tfds_name, data_dir)
+    builder.download_and_prepare()
+  raw = {}
+  for split in SPLITS:
+    x, y = tfds.as_numpy(builder.as_dataset(
+        split=split, batch_size=-1, as_supervised=True, shuffle_files=False))
+    raw[f'x_{split}'], raw[f'y_{split}'] = x, y
+  arrays = _to_arrays(raw, info, origin=builder.data_dir)
+  _log_loaded(info, arrays, f'TFDS {builder.data_dir}')
+  return arrays
+
+
+def _to_arrays(raw: dict[str, np.ndarray], info: DatasetInfo,
+               origin: str) -> Arrays:
+  """Validates raw uint8 images and integer labels; scales images to [0, 1]."""
+  out = {}
+  for split in SPLITS:
+    x, y = raw[f'x_{split}'], raw[f'y_{split}']
+    if x.dtype != np.uint8:
+      raise ValueError(
+          f'{origin}: x_{split} has dtype {x.dtype}, expected uint8 '
+          f'(raw 0-255 pixels)')
+    if x.ndim == 3 and info.image_shape[-1] == 1:
+      x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[1:] != info.image_shape or not len(x):
+      raise ValueError(
+          f'{origin}: x_{split} has shape {x.shape}, expected '
+          f'[N, {", ".join(map(str, info.image_shape))}] with N > 0 for '
+          f'{info.name}')
+    if not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(
+          f'{origin}: y_{split} has dtype {y.dtype}, expected integer labels')
+    if y.ndim == 2 and y.shape[1] == 1:  # As keras.datasets gives CIFAR.
+      y = y[:, 0]
+    if y.shape != (len(x),):
+      raise ValueError(
+          f'{origin}: y_{split} has shape {y.shape}, expected ({len(x)},) '
+          f'to match x_{split}')
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= info.num_classes:
+      raise ValueError(
+          f'{origin}: y_{split} has labels in [{low}, {high}], expected '
+          f'[0, {info.num_classes - 1}]')
+    xf = x.astype(np.float32)
+    xf /= np.float32(255)
+    yi = y.astype(np.int32)
+    # The arrays are cached and shared: make accidental mutation an error.
+    xf.flags.writeable = False
+    yi.flags.writeable = False
+    out[f'x_{split}'], out[f'y_{split}'] = xf, yi
+  return Arrays(**out)
+
+
+def _log_loaded(info: DatasetInfo, arrays: Arrays, origin: str) -> None:
+  logging.info('Loaded %s from %s: %d train, %d test examples of shape %s',
+               info.name, origin, arrays.num_train, arrays.num_test,
+               info.image_shape)
+  if (arrays.num_train, arrays.num_test) != (info.num_train, info.num_test):
+    logging.warning('%s: the standard split has %d train, %d test examples',
+                    info.name, info.num_train, info.num_test)
+
+
+def steps_per_epoch(num_train: int, batch_size: int, *,
+                    drop_remainder: bool = True) -> int:
+  """Batches in one epoch: floor(N / B), or ceil(N / B) keeping the remainder."""
+  _check_positive_int(num_train, 'num_train')
+  _check_positive_int(batch_size, 'batch_size')
+  if drop_remainder:
+    if batch_size > num_train:
+      raise ValueError(
+          f'batch_size {batch_size} exceeds num_train {num_train}: an epoch '
+          f'would have no full batch')
+    return num_train // batch_size
+  return -(-num_train // batch_size)
+
+
+def batch_indices(num_train: int, *, batch_size: int, seed: int,
+                  start_step: int, num_steps: int,
+                  drop_remainder: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Example indices of training steps [start_step, start_step + num_steps).
+
+  Only the epochs that those steps touch are generated.
+
+  Returns:
+    (flat, row_lengths): int32 indices, concatenated over the steps, and
+    int64 [num_steps] batch sizes (all `batch_size` if drop_remainder).
+  """
+  spe = steps_per_epoch(num_train, batch_size, drop_remainder=drop_remainder)
+  _check_seed(seed)
+  _check_nonnegative_int(start_step, 'start_step')
+  _check_nonnegative_int(num_steps, 'num_steps')
+  flat, row_lengths = [], []
+  stop_step = start_step + num_steps
+  for epoch in range(start_step // spe, -(-stop_step // spe)):
+    perm = np.random.default_rng([seed, epoch]).permutation(num_train)
+    first = max(start_step - epoch * spe, 0)  # Batches within the epoch.
+    last = min(stop_step - epoch * spe, spe)
+    flat.append(perm[first * batch_size:last * batch_size])
+    sizes = np.full(last - first, batch_size, np.int64)
+    if last == spe and not drop_remainder:
+      sizes[-1] = num_train - (spe - 1) * batch_size
+    row_lengths.append(sizes)
+  if not flat:
+    return np.zeros([0], np.int32), np.zeros([0], np.int64)
+  return (np.concatenate(flat).astype(np.int32),
+          np.concatenate(row_lengths))
+
+
+def train_dataset(arrays: Arrays, *, batch_size: int, seed: int,
+                  num_steps: int, start_step: int = 0,
+                  augment: Optional[str] = None,
+                  drop_remainder: bool = True) -> tf.data.Dataset:
+  """A deterministic stream of `num_steps` training batches from `start_step`.
+
+  The stream from step 0 is the concatenation of the epochs' batches; epoch
+  `e` takes the examples in the order
+  `np.random.default_rng([seed, e]).permutation(N)` and, if drop_remainder,
+  drops its last incomplete batch. Starting at `start_step` skips that many
+  batches without producing them, so resuming reproduces the stream exactly,
+  augmentation included.
+
+  Args:
+    arrays: the dataset; its train split is used.
+    batch_size: examples per batch, B.
+    seed: non-negative int fixing the order and the augmentation.
+    num_steps: number of batches to produce.
+    start_step: global index of the first batch.
+    augment: None or 'pad_crop_flip' (see `pad_crop_flip`), randomised by
+      (seed, step).
+    drop_remainder: drop each epoch's last incomplete batch; then B is static.
+
+  Returns:
+    tf.data.Dataset of (x float32 [B, H, W, C], y int32 [B]).
+  """
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f'augment must be one of {AUGMENTATIONS}, got {augment!r}')
+  flat, row_lengths = batch_indices(
+      arrays.num_train, batch_size=batch_size, seed=seed,
+      start_step=start_step, num_steps=num_steps,
+      drop_remainder=drop_remainder)
+  if drop_remainder:
+    indices = flat.reshape([num_steps, batch_size])
+  else:
+    indices = tf.RaggedTensor.from_row_lengths(flat, row_lengths)
+  steps = np.arange(start_step, start_step + num_steps, dtype=np.int64)
+  x_all, y_all = _as_tensors(arrays, 'train')
+
+  def gather(step, index):
+    x = tf.gather(x_all, index)
+    y = tf.gather(y_all, index)
+    if augment == 'pad_crop_flip':
+      x = pad_crop_flip(x, seed=tf.stack([tf.constant(seed, tf.int64), step]))
+    return x, y
+
+  dataset = tf.data.Dataset.from_tensor_slices((steps, indices))
+  dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(arrays: Arrays, *, batch_size: int,
+                 num_examples: Optional[int] = None,
+                 split: str = 'test') -> tf.data.Dataset:
+  """The first `num_examples` examples of `split`, in order, batched.
+
+  Args:
+    arrays: the dataset.
+    batch_size: examples per batch, B; the last batch may be smaller.
+    num_examples: how many examples; None means the whole split.
+    split: 'test' or 'train'.
+
+  Returns:
+    tf.data.Dataset of (x float32 [B, H, W, C], y int32 [B]).
+  """
+  x, _ = arrays.split(split)
+  _check_positive_int(batch_size, 'batch_size')
+  if num_examples is None:
+    num_examples = len(x)
+  _check_positive_int(num_examples, 'num_examples')
+  if num_examples > len(x):
+    raise ValueError(
+        f'num_examples {num_examples} exceeds the {len(x)} examples of the '
+        f'{split} split')
+  x_all, y_all = _as_tensors(arrays, split)
+  dataset = tf.data.Dataset.range(num_examples).batch(batch_size)
+  dataset = dataset.map(
+      lambda index: (tf.gather(x_all, index), tf.gather(y_all, index)))
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def pad_crop_flip(images: tf.Tensor, *, seed: tf.Tensor,
+                  pad: int = 4) -> tf.Tensor:
+  """Zero-pads, randomly crops back and randomly flips each image.
+
+  The standard CIFAR augmentation (He et al., 2016, "Deep Residual Learning
+  for Image Recognition", Sec. 4.2), as a stateless function of `seed`.
+
+  Args:
+    images: [B, H, W, C] with static H and W.
+    seed: int32 or int64 [2], as for `tf.random.stateless_uniform`.
+    pad: pixels of zero padding on each side; crop offsets are uniform in
+      [0, 2 * pad] along each axis.
+
+  Returns:
+    [B, H, W, C]; image b is a crop of the padded image b, mirrored left-right
+    with probability 1/2.
+  """
+  _check_nonnegative_int(pad, 'pad')
+  height, width = images.shape[1], images.shape[2]
+  if height is None or width is None:
+    raise ValueError(f'images need static height and width, got {images.shape}')
+  batch = tf.shape(images)[0]
+  offset_seed, flip_seed = tf.unstack(tf.random.split(seed, num=2))
+  offsets = tf.random.stateless_uniform(
+      [batch, 2], seed=offset_seed, minval=0, maxval=2 * pad + 1,
+      dtype=tf.int32)
+  flip = tf.random.stateless_uniform(
+      [batch, 1], seed=flip_seed, minval=0, maxval=2, dtype=tf.int32) > 0
+  # A crop (and its mirror image) is a gather of rows, then of columns.
+  rows = offsets[:, :1] + tf.range(height)[tf.newaxis]  # [B, H]
+  cols = offsets[:, 1:] + tf.where(
+      flip, tf.range(width - 1, -1, -1)[tf.newaxis],
+      tf.range(width)[tf.newaxis])  # [B, W]
+  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W+2p, C]
+  return tf.gather(cropped, cols, axis=2, batch_dims=1)  # [B, H, W, C]
+
+
+# Arrays -> {split: (x, y) tensors}, so that repeated pipelines over the same
+# Arrays share one host copy of the images instead of one per dataset.
+_TENSOR_CACHE: 'weakref.WeakKeyDictionary[Arrays, dict]' = (
+    weakref.WeakKeyDictionary())
+
+
+def _as_tensors(arrays: Arrays, split: str) -> tuple[tf.Tensor, tf.Tensor]:
+  by_split = _TENSOR_CACHE.setdefault(arrays, {})
+  if split not in by_split:
+    x, y = arrays.split(split)
+    # tf.data runs on the host; keep the images there even when called under
+    # a GPU device scope.
+    with tf.device('/cpu:0'):
+      by_split[split] = (tf.constant(x), tf.constant(y))
+  return by_split[split]
+
+
+def _check_positive_int(value, name: str) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or (
+      value <= 0):
+    raise ValueError(f'{name} must be a positive int, got {value!r}')
+
+
+def _check_nonnegative_int(value, name: str) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or (
+      value < 0):
+    raise ValueError(f'{name} must be a non-negative int, got {value!r}')
+
+
+def _check_seed(seed) -> None:
+  if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not (
+      0 <= seed < 2**63):
+    raise ValueError(f'seed must be an int in [0, 2**63), got {seed!r}')

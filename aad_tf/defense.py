@@ -1,0 +1,255 @@
+"""Adversarial training with AAD's rectification and preservation losses (paper Sec. 4, Fig. 4).
+
+`AADModel` wraps a functional classifier and owns the training step:
+
+    x_adv = base.craft(f_inference, x, y)                    # no gradient, inference mode
+    L     = L_base(x, x_adv, y)                              # Madry / ALP / plain
+          + alpha * L_r(x, x_adv)                            # rectification, Eq. 8
+          + beta  * L_p(x, x_adv)                            # preservation,  Eq. 9
+
+All four forward passes of Fig. 4 share weights; the preservation term differentiates through
+Grad-CAM (second order) while the hard masks of the rectification term are constants. Only the
+classifier (`AADModel.classifier`) is ever exported.
+
+Base defenses are small objects (`BaseDefense`) in a registry, so new ones (StepLL, ensemble,
+TRADES...) plug in without touching the step.
+"""
+
+import dataclasses
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import keras
+import tensorflow as tf
+
+from aad_tf import attacks
+from aad_tf import gradcam as gradcam_lib
+from aad_tf import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """The training attack (Madry et al.'s PGD by default)."""
+  eps: float = 0.3
+  step_size: float = 0.01
+  num_steps: int = 40
+  random_init: bool = True
+
+  def __post_init__(self):
+    attacks.check_eps(self.eps)
+    attacks.check_steps(self.step_size, self.num_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseConfig:
+  """What the training step optimises.
+
+  Attributes:
+    defense: base adversarial training, a key of `BASE_DEFENSES` ('none', 'madry', 'alp', ...).
+    aad: add AAD's rectification and preservation losses.
+    alpha: weight of the rectification loss (paper: 0.01).
+    beta: weight of the preservation loss (paper: 0.01).
+    kappa: attention threshold, 'mean' (paper) or a fixed float.
+    classification_loss: 'ce' or 'soft_margin' (the paper's multi-label soft margin).
+    alp_weight: weight of the logit-pairing term for 'alp' (Kannan et al.).
+    attack: the attack crafting training examples.
+  """
+  defense: str = 'madry'
+  aad: bool = False
+  alpha: float = 0.01
+  beta: float = 0.01
+  kappa: Union[str, float] = 'mean'
+  classification_loss: str = 'ce'
+  alp_weight: float = 0.5
+  attack: AttackConfig = AttackConfig()
+
+  def __post_init__(self):
+    if self.defense not in BASE_DEFENSES:
+      raise ValueError(f'defense must be one of {sorted(BASE_DEFENSES)}, got {self.defense!r}.')
+    if self.classification_loss not in losses.CLASSIFICATION_LOSSES:
+      raise ValueError(f'classification_loss must be one of {losses.CLASSIFICATION_LOSSES}, '
+                       f'got {self.classification_loss!r}.')
+    if self.aad and not BASE_DEFENSES[self.defense].adversarial:
+      raise ValueError(f'aad needs adversarial examples; defense {self.defense!r} crafts none '
+                       f'(use madry, alp, ...).')
+    for name in ('alpha', 'beta', 'alp_weight'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
+    if isinstance(self.kappa, str) and self.kappa != 'mean':
+      raise ValueError(f"kappa must be 'mean' or a number, got {self.kappa!r}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Base defenses.
+
+class BaseDefense:
+  """One base adversarial training: how to craft x_adv and the classification part of the loss.
+
+  Attributes:
+    adversarial: whether `craft` produces adversarial examples.
+    needs_clean_logits: whether `loss` uses training-mode clean logits.
+  """
+  adversarial = True
+  needs_clean_logits = False
+
+  def craft(self, model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor,
+            config: DefenseConfig) -> Optional[tf.Tensor]:
+    a = config.attack
+    return attacks.pgd(model_fn, x, y, eps=a.eps, step_size=a.step_size,
+                       num_steps=a.num_steps, random_init=a.random_init)
+
+  def loss(self, y, clean_logits, adv_logits, config: DefenseConfig
+           ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """Returns (per-example loss [B], named per-example parts for metrics)."""
+    raise NotImplementedError  # abstract
+
+
+class NoDefense(BaseDefense):
+  """Standard training on clean images (the paper's RAW rows)."""
+  adversarial = False
+  needs_clean_logits = True
+
+  def craft(self, model_fn, x, y, config):
+    return None
+
+  def loss(self, y, clean_logits, adv_logits, config):
+    lc = losses.classification(y, clean_logits, config.classification_loss)
+    return lc, {'class_loss': lc}
+
+
+class MadryDefense(BaseDefense):
+  """Madry et al. 2018: train on PGD examples only."""
+
+  def loss(self, y, clean_logits, adv_logits, config):
+    lc = losses.classification(y, adv_logits, config.classification_loss)
+    return lc, {'class_loss': lc}
+
+
+class ALPDefense(BaseDefense):
+  """Kannan et al. 2018: half clean, half PGD, plus logit pairing (mean squared difference)."""
+  needs_clean_logits = True
+
+  def loss(self, y, clean_logits, adv_logits, config):
+    kind = config.classification_loss
+    lc = 0.5 * (losses.classification(y, clean_logits, kind) +
+                losses.classification(y, adv_logits, kind))
+    pair = losses.logit_pairing(clean_logits, adv_logits)
+    return lc + config.alp_weight * pair, {'class_loss': lc, 'pair_loss': pair}
+
+
+BASE_DEFENSES: Dict[str, BaseDefense] = {
+    'none': NoDefense(),
+    'madry': MadryDefense(),
+    'alp': ALPDefense(),
+}
+
+
+def register_defense(name: str, defense: BaseDefense) -> None:
+  """Adds a base defense usable as DefenseConfig(defense=name)."""
+  if name in BASE_DEFENSES:
+    raise ValueError(f'Defense {name!r} is already registered.')
+  BASE_DEFENSES[name] = defense
+
+
+# ---------------------------------------------------------------------------------------------
+# The training model.
+
+METRIC_NAMES = ('loss', 'class_loss', 'pair_loss', 'rect_loss', 'pres_loss')
+
+
+class AADModel(keras.Model):
+  """Owns adversarial training (+ AAD) of `classifier`; `call` is the classifier.
+
+  Args:
+    classifier: functional keras.Model, images [B, H, W, C] in [0, 1] -> logits [B, C].
+    gradcam_layer: name of the classifier layer used by Grad-CAM.
+    config: a DefenseConfig.
+  """
+
+  def __init__(self, classifier: keras.Model, gradcam_layer: str, config: DefenseConfig,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.classifier = classifier
+    self.config = config
+    self.base_defense = BASE_DEFENSES[config.defense]
+    self.features = gradcam_lib.FeatureModel(classifier, gradcam_layer)
+    self._trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+    self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name='clean_acc')
+    self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name='adv_acc')
+
+  def call(self, x, training=False):
+    return self.classifier(x, training=training)
+
+  @property
+  def metrics(self):
+    return list(self._trackers.values()) + [self.clean_acc, self.adv_acc]
+
+  def inference_fn(self) -> attacks.ModelFn:
+    return lambda images: self.classifier(images, training=False)
+
+  def compute_losses(self, x, y, x_adv) -> Tuple[tf.Tensor, Dict[str, tf.Tensor],
+                                                 Optional[tf.Tensor], Optional[tf.Tensor]]:
+    """The full objective on one replica's batch; call under a GradientTape.
+
+    Returns:
+      (scalar loss to minimise, per-example parts by metric name, training-mode clean logits or
+      None, training-mode adversarial logits or None).
+    """
+    cfg = self.config
+    clean_logits = adv_logits = None
+    parts = {}
+    if cfg.aad:
+      # Training-mode Grad-CAM: its inner tape is recorded by the caller's tape (second order).
+      train_features = self.features.fn(training=True)
+      cam, clean_logits = gradcam_lib.gradcam(train_features, x, y)
+      adv_cam, adv_logits = gradcam_lib.gradcam(train_features, x_adv, y)
+    else:
+      if self.base_defense.needs_clean_logits:
+        clean_logits = self.classifier(x, training=True)
+      if x_adv is not None:
+        adv_logits = self.classifier(x_adv, training=True)
+    per_example, base_parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
+    parts.update(base_parts)
+    if cfg.aad:
+      masked = gradcam_lib.mask_attention(x, cam, kappa=cfg.kappa)
+      adv_masked = gradcam_lib.mask_attention(x_adv, adv_cam, kappa=cfg.kappa)
+      rect = (losses.rectification(clean_logits, self.classifier(masked, training=True)) +
+              losses.rectification(adv_logits, self.classifier(adv_masked, training=True)))
+      pres = losses.preservation(cam, adv_cam)
+      parts['rect_loss'] = rect
+      parts['pres_loss'] = pres
+      per_example = per_example + cfg.alpha * rect + cfg.beta * pres
+    parts['loss'] = per_example
+    return losses.average(per_example), parts, clean_logits, adv_logits
+
+  def train_step(self, data):
+    x, y = data
+    x = tf.cast(x, tf.float32)
+    y = tf.cast(y, tf.int32)
+    x_adv = self.base_defense.craft(self.inference_fn(), x, y, self.config)
+    with tf.GradientTape() as tape:
+      loss, parts, clean_logits, adv_logits = self.compute_losses(x, y, x_adv)
+      scaled = self.optimizer.scale_loss(loss)
+    variables = self.trainable_variables
+    grads = tape.gradient(scaled, variables)
+    self.optimizer.apply(grads, variables)
+    for name, value in parts.items():
+      self._trackers[name].update_state(value)
+    if clean_logits is None:
+      clean_logits = self.classifier(x, training=False)
+    self.clean_acc.update_state(y, clean_logits)
+    if adv_logits is not None:
+      self.adv_acc.update_state(y, adv_logits)
+    return self._results(parts)
+
+  def test_step(self, data):
+    x, y = data
+    logits = self.classifier(x, training=False)
+    self.clean_acc.update_state(y, logits)
+    return {'clean_acc': self.clean_acc.result()}
+
+  def _results(self, parts):
+    results = {name: self._trackers[name].result() for name in parts}
+    results['clean_acc'] = self.clean_acc.result()
+    if self.base_defense.adversarial:
+      results['adv_acc'] = self.adv_acc.result()
+    return results

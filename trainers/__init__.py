@@ -1,0 +1,1 @@
+"""absl binaries: flags -> config -> aad_tf library calls."""
