@@ -26,7 +26,7 @@ from aad_tf import attacks as attacks_lib
 
 AttackFn = Callable[[attacks_lib.ModelFn, tf.Tensor, tf.Tensor], tf.Tensor]
 
-DEFAULT_EPS = {'mnist': 0.3, 'cifar10': 8 / 255, 'imagenet': 16 / 255}
+DEFAULT_EPS = {'mnist': 0.3, 'cifar10': 8 / 255, 'imagenet': 16 / 255, 'boxed_mnist': 0.3}
 
 
 def pgd_step_size(eps: float, num_steps: int) -> float:
