@@ -52,6 +52,11 @@ class DefenseConfig:
     classification_loss: 'ce' or 'soft_margin' (the paper's multi-label soft margin).
     alp_weight: weight of the logit-pairing term for 'alp' (Kannan et al.).
     attack: the attack crafting training examples.
+    trades_beta: weight of TRADES' KL term (Zhang et al.: 6 on CIFAR-10, 1 on MNIST).
+    stepll_random_step: random step before the single step of 'stepll' / 'ensemble', as a
+      fraction of eps in [0, 1) (0: plain StepLL; Tramer et al.'s R+Step-LL: 0.5).
+    ensemble_models: paths of the static models of 'ensemble' (.keras files or SavedModels).
+    ensemble_attack: single-step attack of 'ensemble', 'stepll' or 'fgsm'.
   """
   defense: str = 'madry'
   aad: bool = False
@@ -61,8 +66,13 @@ class DefenseConfig:
   classification_loss: str = 'ce'
   alp_weight: float = 0.5
   attack: AttackConfig = AttackConfig()
+  trades_beta: float = 6.0
+  stepll_random_step: float = 0.0
+  ensemble_models: Tuple[str, ...] = ()
+  ensemble_attack: str = 'stepll'
 
   def __post_init__(self):
+    object.__setattr__(self, 'ensemble_models', tuple(self.ensemble_models))
     if self.defense not in BASE_DEFENSES:
       raise ValueError(f'defense must be one of {sorted(BASE_DEFENSES)}, got {self.defense!r}.')
     if self.classification_loss not in losses.CLASSIFICATION_LOSSES:
@@ -71,11 +81,17 @@ class DefenseConfig:
     if self.aad and not BASE_DEFENSES[self.defense].adversarial:
       raise ValueError(f'aad needs adversarial examples; defense {self.defense!r} crafts none '
                        f'(use madry, alp, ...).')
-    for name in ('alpha', 'beta', 'alp_weight'):
+    for name in ('alpha', 'beta', 'alp_weight', 'trades_beta'):
       if getattr(self, name) < 0:
         raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
     if isinstance(self.kappa, str) and self.kappa != 'mean':
       raise ValueError(f"kappa must be 'mean' or a number, got {self.kappa!r}.")
+    if not 0.0 <= self.stepll_random_step < 1.0:
+      raise ValueError(f'stepll_random_step is a fraction of eps in [0, 1), got '
+                       f'{self.stepll_random_step}.')
+    if self.ensemble_attack not in ('stepll', 'fgsm'):
+      raise ValueError(f"ensemble_attack must be 'stepll' or 'fgsm', got {self.ensemble_attack!r}.")
+    BASE_DEFENSES[self.defense].check_config(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +106,14 @@ class BaseDefense:
   """
   adversarial = True
   needs_clean_logits = False
+
+  def check_config(self, config: DefenseConfig) -> None:
+    """Raises ValueError if `config` lacks what this defense needs (called by DefenseConfig)."""
+
+  def bind(self, model: 'AADModel') -> 'BaseDefense':
+    """The instance `model` trains with: self, or a new one holding per-model state."""
+    del model
+    return self
 
   def craft(self, model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor,
             config: DefenseConfig) -> Optional[tf.Tensor]:
@@ -153,7 +177,7 @@ def register_defense(name: str, defense: BaseDefense) -> None:
 # ---------------------------------------------------------------------------------------------
 # The training model.
 
-METRIC_NAMES = ('loss', 'class_loss', 'pair_loss', 'rect_loss', 'pres_loss')
+METRIC_NAMES = ('loss', 'class_loss', 'pair_loss', 'kl_loss', 'rect_loss', 'pres_loss')
 
 
 class AADModel(keras.Model):
@@ -170,7 +194,7 @@ class AADModel(keras.Model):
     super().__init__(**kwargs)
     self.classifier = classifier
     self.config = config
-    self.base_defense = BASE_DEFENSES[config.defense]
+    self.base_defense = BASE_DEFENSES[config.defense].bind(self)
     self.features = gradcam_lib.FeatureModel(classifier, gradcam_layer)
     self._trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
     self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name='clean_acc')
@@ -253,3 +277,7 @@ class AADModel(keras.Model):
     if self.base_defense.adversarial:
       results['adv_acc'] = self.adv_acc.result()
     return results
+
+
+# Registers 'stepll', 'ensemble' and 'trades', so the registry is complete whenever this module is.
+from aad_tf import base_defenses  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -207,6 +207,9 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
     model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
               callbacks=all_callbacks, shuffle=False, verbose=1 if steps > 20 else 0)
     step = checkpointer.step
+    if model.stop_training:  # a callback (e.g. overfitting.OverfitGuard) ended the run
+      logging.warning('Training stopped by a callback at step %d of %d.', step, total)
+      break
   logging.info('Trained %d steps in %.1f s.', total - start, time.time() - started)
   return model
 
