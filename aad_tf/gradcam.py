@@ -41,7 +41,8 @@ class FeatureModel:
           f'Grad-CAM layer {layer_name!r} must output [B, h, w, K]; got {layer.output.shape}.')
     self.classifier = classifier
     self.layer_name = layer_name
-    self._model = keras.Model(classifier.inputs, [layer.output, classifier.outputs[0]],
+    inputs = classifier.inputs[0] if len(classifier.inputs) == 1 else classifier.inputs
+    self._model = keras.Model(inputs, [layer.output, classifier.outputs[0]],
                               name=f'{classifier.name}_features')
 
   @property
@@ -67,7 +68,7 @@ def gradcam(feature_fn: FeatureFn, x: tf.Tensor, labels: Optional[tf.Tensor] = N
     labels: int [B], the class explained for each image; None uses the predicted class.
 
   Returns:
-    (cam [B, h, w] float32 >= 0, logits [B, C]).
+    (cam [B, h, w] >= 0, float32 or float64 as the features, logits [B, C]).
   """
   x = tf.convert_to_tensor(x)
   with tf.GradientTape() as tape:
@@ -81,12 +82,19 @@ def gradcam(feature_fn: FeatureFn, x: tf.Tensor, labels: Optional[tf.Tensor] = N
     score = tf.reduce_sum(tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1))
   grads = tape.gradient(score, features)
   if grads is None:
-    raise ValueError('The logits do not depend on the Grad-CAM layer; choose a layer on the path '
-                     'from the input to the logits.')
-  features = tf.cast(features, tf.float32)
-  weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=[1, 2], keepdims=True)  # [B,1,1,K]
+    raise ValueError('The logits do not depend on the Grad-CAM features: choose a layer on the '
+                     'path from the input to the logits, and do not wrap feature_fn alone in a '
+                     'tf.function (wrap the code that calls gradcam instead).')
+  features = full_precision(features)
+  weights = tf.reduce_mean(tf.cast(grads, features.dtype), axis=[1, 2], keepdims=True)  # [B,1,1,K]
   cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
   return cam, logits
+
+
+def full_precision(t: tf.Tensor) -> tf.Tensor:
+  """Casts half-precision tensors (mixed precision) to float32; float32/float64 stay as they are."""
+  t = tf.convert_to_tensor(t)
+  return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t
 
 
 def normalize_cam(cam: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
@@ -97,7 +105,7 @@ def normalize_cam(cam: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
 
 def attention_area(cam: tf.Tensor, *, kappa: Union[str, float] = 'mean',
                    top_k: Optional[Union[int, tf.Tensor]] = None) -> tf.Tensor:
-  """Binary attention area Att(x) (paper Eq. 3) as float32 {0, 1} of shape [B, h, w].
+  """Binary attention area Att(x) (paper Eq. 3): {0, 1} [B, h, w] in the dtype of `cam`.
 
   Args:
     cam: Grad-CAM maps [B, h, w].
@@ -106,7 +114,7 @@ def attention_area(cam: tf.Tensor, *, kappa: Union[str, float] = 'mean',
       tensor [B] for a per-image count, e.g. the box area for the equal-area kappa). Ties are
       broken by position, so exactly k cells are kept.
   """
-  cam = tf.stop_gradient(tf.cast(cam, tf.float32))
+  cam = tf.stop_gradient(full_precision(cam))
   if top_k is not None:
     shape = tf.shape(cam)
     flat = tf.reshape(cam, [shape[0], -1])
@@ -114,14 +122,14 @@ def attention_area(cam: tf.Tensor, *, kappa: Union[str, float] = 'mean',
     ranks = tf.argsort(order, axis=-1, stable=True)  # rank of each cell, 0 = highest
     k = tf.cast(tf.convert_to_tensor(top_k), tf.int32)
     k = tf.reshape(k, [-1, 1]) if k.shape.rank else k
-    return tf.reshape(tf.cast(ranks < k, tf.float32), shape)
+    return tf.reshape(tf.cast(ranks < k, cam.dtype), shape)
   if isinstance(kappa, str):
     if kappa != 'mean':
       raise ValueError(f"kappa must be 'mean' or a number, got {kappa!r}.")
     threshold = tf.reduce_mean(cam, axis=[1, 2], keepdims=True)
   else:
-    threshold = tf.constant(float(kappa), tf.float32)
-  return tf.cast(cam >= threshold, tf.float32)
+    threshold = tf.constant(float(kappa), cam.dtype)
+  return tf.cast(cam >= threshold, cam.dtype)
 
 
 def upsample_mask(mask: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:

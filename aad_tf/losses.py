@@ -7,17 +7,19 @@ the sum over replicas that Keras optimizers apply yields the mean over the globa
 
 import tensorflow as tf
 
+from aad_tf.gradcam import full_precision
+
 CLASSIFICATION_LOSSES = ('ce', 'soft_margin')
 
 
 def average(per_example: tf.Tensor) -> tf.Tensor:
   """sum(per_example) / global_batch_size (tf.nn.compute_average_loss)."""
-  return tf.nn.compute_average_loss(tf.cast(per_example, tf.float32))
+  return tf.nn.compute_average_loss(full_precision(per_example))
 
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   return tf.nn.sparse_softmax_cross_entropy_with_logits(
-      tf.cast(labels, tf.int32), tf.cast(logits, tf.float32))
+      tf.cast(labels, tf.int32), full_precision(logits))
 
 
 def multilabel_soft_margin(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -25,8 +27,8 @@ def multilabel_soft_margin(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
   Matches PyTorch's MultiLabelSoftMarginLoss with one-hot targets.
   """
-  logits = tf.cast(logits, tf.float32)
-  onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=tf.float32)
+  logits = full_precision(logits)
+  onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=logits.dtype)
   return tf.reduce_mean(
       tf.nn.sigmoid_cross_entropy_with_logits(labels=onehot, logits=logits), axis=-1)
 
@@ -42,7 +44,7 @@ def classification(labels: tf.Tensor, logits: tf.Tensor, kind: str = 'ce') -> tf
 
 def logit_pairing(logits_a: tf.Tensor, logits_b: tf.Tensor) -> tf.Tensor:
   """ALP (Kannan et al. 2018): mean squared difference between two logit vectors."""
-  diff = tf.cast(logits_a, tf.float32) - tf.cast(logits_b, tf.float32)
+  diff = full_precision(logits_a) - full_precision(logits_b)
   return tf.reduce_mean(tf.square(diff), axis=-1)
 
 
@@ -53,12 +55,11 @@ def _l2(v: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
 
 def rectification(logits: tf.Tensor, masked_logits: tf.Tensor) -> tf.Tensor:
   """One half of L_r (Eq. 8): -||softmax(f(x)) - softmax(f(x_m))||_2 per example."""
-  probs = tf.nn.softmax(tf.cast(logits, tf.float32))
-  masked_probs = tf.nn.softmax(tf.cast(masked_logits, tf.float32))
+  probs = tf.nn.softmax(full_precision(logits))
+  masked_probs = tf.nn.softmax(full_precision(masked_logits))
   return -_l2(probs - masked_probs)
 
 
 def preservation(cam: tf.Tensor, adv_cam: tf.Tensor) -> tf.Tensor:
   """L_p (Eq. 9): ||g(x) - g(x_adv)||_1 over the Grad-CAM grid, per example."""
-  return tf.reduce_sum(tf.abs(tf.cast(cam, tf.float32) - tf.cast(adv_cam, tf.float32)),
-                       axis=[1, 2])
+  return tf.reduce_sum(tf.abs(full_precision(cam) - full_precision(adv_cam)), axis=[1, 2])
