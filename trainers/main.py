@@ -8,16 +8,19 @@ Writes into --model_dir: checkpoints/, tensorboard/, flags.txt, config.json, exp
 """
 
 import os
+from typing import Optional
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from aad_tf import base_defenses
 from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
 from aad_tf import evaluation
 from aad_tf import export as export_lib
 from aad_tf import models
+from aad_tf import overfitting
 from aad_tf import training
 from trainers import common_flags
 
@@ -54,6 +57,29 @@ def define_flags() -> None:
   flags.DEFINE_float('train_step_size', 0.01, 'Step size of the training PGD.', lower_bound=0.0)
   flags.DEFINE_integer('train_num_steps', 40, 'Steps of the training PGD.', lower_bound=0)
   flags.DEFINE_bool('train_random_init', True, 'Random start for the training PGD.')
+  flags.DEFINE_float('trades_beta', 6.0, "Weight of TRADES' KL term for --defense=trades.",
+                     lower_bound=0.0)
+  flags.DEFINE_float('stepll_random_step', 0.0,
+                     'Random step before the single step of --defense=stepll / ensemble, as a '
+                     'fraction of --train_eps in [0, 1) (Tramer et al.: 0.5).', lower_bound=0.0)
+  flags.DEFINE_list('ensemble_models', [],
+                    'Static models (.keras files or SavedModel dirs) for --defense=ensemble.')
+  flags.DEFINE_enum('ensemble_attack', 'stepll', ['stepll', 'fgsm'],
+                    'Single-step attack of --defense=ensemble.')
+  flags.DEFINE_enum('overfit_guard', 'off', list(overfitting.MODES),
+                    'Catastrophic-overfitting guard: off, warn, stop, or rollback (restore the '
+                    'last healthy checkpoint and stop).')
+  flags.DEFINE_integer('overfit_guard_examples', 500,
+                       'Held-out examples (the last N of the test split) the guard attacks.',
+                       lower_bound=1)
+  flags.DEFINE_integer('overfit_guard_every', 0,
+                       'Guard check every N steps as well as at epoch ends (0: epoch ends only).',
+                       lower_bound=0)
+  flags.DEFINE_integer('overfit_guard_pgd_steps', 10, 'PGD steps of the guard check.',
+                       lower_bound=1)
+  flags.DEFINE_float('overfit_guard_drop', 0.2,
+                     'PGD accuracy drop (fraction) below the best check that counts as a collapse.',
+                     lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('checkpoint_every', 500, 'Steps between checkpoints.', lower_bound=1)
   flags.DEFINE_integer('keep_checkpoints', 3, 'Checkpoints to keep.', lower_bound=1)
   flags.DEFINE_integer('log_every', 100, 'Steps between scalar summaries.', lower_bound=1)
@@ -85,7 +111,9 @@ def config_from_flags() -> training.TrainConfig:
     defense = defense_lib.DefenseConfig(
         defense=FLAGS.defense, aad=FLAGS.aad, alpha=FLAGS.alpha, beta=FLAGS.beta,
         kappa=parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
-        alp_weight=FLAGS.alp_weight, attack=attack)
+        alp_weight=FLAGS.alp_weight, attack=attack, trades_beta=FLAGS.trades_beta,
+        stepll_random_step=FLAGS.stepll_random_step, ensemble_models=FLAGS.ensemble_models,
+        ensemble_attack=FLAGS.ensemble_attack)
     config = training.TrainConfig(
         model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         data_source=FLAGS.data_source, download=FLAGS.download, model=FLAGS.model,
@@ -97,6 +125,10 @@ def config_from_flags() -> training.TrainConfig:
         defense=defense, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every)
     evaluation.standard_attacks(FLAGS.eval_attacks, eps=eval_eps())
+    if defense.defense == 'ensemble':
+      info = data_lib.get_info(FLAGS.dataset)
+      base_defenses.load_static_models(defense.ensemble_models, input_shape=info.image_shape,
+                                       num_classes=info.num_classes)
   except ValueError as e:
     raise app.UsageError(f'Invalid flags: {e}') from e
   return config
@@ -106,6 +138,22 @@ def eval_eps() -> float:
   return FLAGS.eval_eps if FLAGS.eval_eps is not None else evaluation.DEFAULT_EPS[FLAGS.dataset]
 
 
+def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays
+                  ) -> Optional[overfitting.OverfitGuard]:
+  """The catastrophic-overfitting guard of --overfit_guard (None when off)."""
+  if FLAGS.overfit_guard == 'off':
+    return None
+  x_test, y_test = arrays.split('test')
+  x, y = overfitting.held_out(x_test, y_test, min(FLAGS.overfit_guard_examples, len(x_test)))
+  if (FLAGS.eval_examples or len(x_test)) + len(x) > len(x_test):
+    logging.warning('The guard\'s held-out examples overlap the closing evaluation\'s.')
+  return overfitting.OverfitGuard(
+      x, y, eps=eval_eps(), mode=FLAGS.overfit_guard, pgd_steps=FLAGS.overfit_guard_pgd_steps,
+      min_pgd_drop=FLAGS.overfit_guard_drop, every_steps=FLAGS.overfit_guard_every,
+      batch_size=FLAGS.eval_batch_size,
+      checkpoint_dir=os.path.join(config.model_dir, 'checkpoints'))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -113,7 +161,8 @@ def main(argv):
   training.write_flags(config.model_dir, FLAGS.flags_into_string())
   arrays = data_lib.load_arrays(config.dataset, data_dir=config.data_dir,
                                 source=config.data_source, download=config.download)
-  model = training.train(config, arrays)
+  guard = overfit_guard(config, arrays)
+  model = training.train(config, arrays, callbacks=[guard] if guard else [])
   classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
   if FLAGS.export:
     export_lib.export_all(classifier, layer, config.model_dir)
@@ -128,7 +177,8 @@ def main(argv):
   print(table)
   training.write_json(os.path.join(config.model_dir, 'eval.json'),
                       {'dataset': config.dataset, 'model': config.model, 'eps': eps,
-                       'seed': config.seed, **report.to_json()})
+                       'seed': config.seed, **report.to_json(),
+                       'overfit_guard': guard.summary() if guard else None})
 
 
 if __name__ == '__main__':
