@@ -68,3 +68,5 @@ def get_model(name: str, *, input_shape, num_classes: int, **kwargs) -> keras.Mo
 
 # Registration side effects.
 from aad_tf.models import lenet  # noqa: E402,F401
+from aad_tf.models import resnet9  # noqa: E402,F401
+from aad_tf.models import imagenet  # noqa: E402,F401
