@@ -15,6 +15,7 @@ Base defenses are small objects (`BaseDefense`) in a registry, so new ones (Step
 TRADES...) plug in without touching the step.
 """
 
+import copy
 import dataclasses
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -110,16 +111,28 @@ class BaseDefense:
   def check_config(self, config: DefenseConfig) -> None:
     """Raises ValueError if `config` lacks what this defense needs (called by DefenseConfig)."""
 
+  _seed_fn: Optional[Callable[[], tf.Tensor]] = None
+
   def bind(self, model: 'AADModel') -> 'BaseDefense':
-    """The instance `model` trains with: self, or a new one holding per-model state."""
-    del model
-    return self
+    """The instance `model` trains with: a copy whose `step_seed` follows the model's step."""
+    bound = copy.copy(self)
+    bound._seed_fn = model.step_seed
+    return bound
+
+  def step_seed(self) -> Optional[tf.Tensor]:
+    """A stateless seed [2] for this step's random draws (None when not bound to a model).
+
+    A function of (model seed, optimizer step, replica), so the draws repeat exactly when a run
+    resumes from a checkpoint; stateful random ops (tf.random.uniform) would restart their stream.
+    """
+    return None if self._seed_fn is None else self._seed_fn()
 
   def craft(self, model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor,
             config: DefenseConfig) -> Optional[tf.Tensor]:
     a = config.attack
     return attacks.pgd(model_fn, x, y, eps=a.eps, step_size=a.step_size,
-                       num_steps=a.num_steps, random_init=a.random_init)
+                       num_steps=a.num_steps, random_init=a.random_init,
+                       seed=self.step_seed() if a.random_init else None)
 
   def loss(self, y, clean_logits, adv_logits, config: DefenseConfig
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
@@ -187,13 +200,15 @@ class AADModel(keras.Model):
     classifier: functional keras.Model, images [B, H, W, C] in [0, 1] -> logits [B, C].
     gradcam_layer: name of the classifier layer used by Grad-CAM.
     config: a DefenseConfig.
+    seed: seeds the training attack's random draws (see `step_seed`).
   """
 
   def __init__(self, classifier: keras.Model, gradcam_layer: str, config: DefenseConfig,
-               **kwargs):
+               seed: int = 0, **kwargs):
     super().__init__(**kwargs)
     self.classifier = classifier
     self.config = config
+    self.seed = int(seed)
     self.base_defense = BASE_DEFENSES[config.defense].bind(self)
     self.features = gradcam_lib.FeatureModel(classifier, gradcam_layer)
     self._trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
@@ -206,6 +221,19 @@ class AADModel(keras.Model):
   @property
   def metrics(self):
     return list(self._trackers.values()) + [self.clean_acc, self.adv_acc]
+
+  def step_seed(self) -> tf.Tensor:
+    """Stateless seed [2] int64 of this training step: fold_in(fold_in([seed, 0], step), replica).
+
+    Read inside `train_step`; the optimizer's step counter is checkpointed, so a resumed run draws
+    the same random numbers as an uninterrupted one.
+    """
+    fold_in = tf.random.experimental.stateless_fold_in
+    seed = fold_in(tf.constant([self.seed, 0], tf.int64),
+                   tf.cast(self.optimizer.iterations, tf.int64))
+    replica = tf.distribute.get_replica_context()
+    replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+    return fold_in(seed, tf.cast(replica_id, tf.int64))
 
   def inference_fn(self) -> attacks.ModelFn:
     return lambda images: self.classifier(images, training=False)
