@@ -38,6 +38,9 @@ def check_eps(eps, name: str = 'eps') -> float:
 
 
 def check_steps(step_size, num_steps) -> None:
+  """Validates Python numbers; tensors (e.g. a step count fed to a tf.function) pass through."""
+  if tf.is_tensor(step_size) or tf.is_tensor(num_steps):
+    return
   if float(step_size) < 0:
     raise ValueError(f'step_size must be >= 0, got {step_size}.')
   if int(num_steps) < 0 or int(num_steps) != num_steps:
@@ -77,12 +80,12 @@ def input_gradient(objective: Objective, x: tf.Tensor) -> tf.Tensor:
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
   return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32),
-                                                        tf.cast(logits, tf.float32))
+                                                        gradcam_lib.full_precision(logits))
 
 
 def cw_margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
   """max_{j != y} z_j - z_y: positive iff the example is misclassified."""
-  logits = tf.cast(logits, tf.float32)
+  logits = gradcam_lib.full_precision(logits)
   onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
   correct = tf.reduce_sum(onehot * logits, axis=-1)
   wrong = tf.reduce_max(logits - 1e9 * onehot, axis=-1)
@@ -270,3 +273,87 @@ def a3(feature_fn, x, y, *, base: str, eps: float, step_size: Optional[float] = 
   start = random_start(x, eps) if (random_init and base == 'pgd') else x
   return tf.stop_gradient(iterate(objective, x, start, eps=eps, step_size=step_size,
                                   num_steps=num_steps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive attack on attention-based defenses (added for the robustness evaluation).
+
+def attention_shift(feature_fn, x: tf.Tensor, labels: tf.Tensor) -> Objective:
+  """x_adv -> ||g(x_adv) - g(x)||_1 / ||g(x)||_1 [B]: relative L1 change of the Grad-CAM map.
+
+  g is the raw Grad-CAM of the true class (the map AAD's preservation loss, paper Eq. 9, keeps
+  close); dividing by the clean map's mass makes the value scale-free (0 = unchanged).
+  """
+  clean_cam = tf.stop_gradient(gradcam_lib.gradcam(feature_fn, x, labels)[0])
+  mass = tf.reduce_sum(clean_cam, axis=[1, 2]) + 1e-12
+
+  def shift(x_adv):
+    cam, _ = gradcam_lib.gradcam(feature_fn, x_adv, labels)
+    return tf.reduce_sum(tf.abs(cam - clean_cam), axis=[1, 2]) / mass
+
+  return shift
+
+
+def adaptive_attention(feature_fn, x, y, *, eps: float, step_size: float, num_steps: int,
+                       weight: float = 1.0, random_init: bool = True,
+                       seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """Adaptive attack: misclassify while keeping the Grad-CAM map close to the clean one.
+
+  A defense that preserves attention (AAD) could look robust to a monitor of the attention map
+  if attacks always moved the map; this attack looks for adversarial examples whose map barely
+  moves. It takes signed-gradient steps (projected, as PGD) on
+
+      min(m(x_adv), 0) - weight * ||g(x_adv) - g(x)||_1 / ||g(x)||_1,
+      m = max_{j != y} z_j - z_y   (the CW margin, > 0 iff misclassified),
+
+  so the margin drives the iterate across the decision boundary and, once across, only the
+  attention term acts (the cap at 0 is the CW confidence 0). Per example it returns the
+  misclassified iterate with the smallest attention shift, else the last iterate.
+
+  Args:
+    feature_fn: x -> (features, logits), inference mode.
+    x, y: images [B, H, W, C] in [0, 1] and int labels [B].
+    eps: L-inf radius in [0, 1].
+    step_size, num_steps: signed-gradient steps.
+    weight: weight of the relative attention shift (1: moving the whole map's mass costs as much
+      as one logit of margin).
+    random_init: start from a uniform random point of the ball.
+    seed: optional stateless seed [2] for the random start.
+
+  Returns:
+    Adversarial images [B, H, W, C] (stop_gradient).
+  """
+  eps = check_eps(eps)
+  check_steps(step_size, num_steps)
+  if float(weight) < 0:
+    raise ValueError(f'weight must be >= 0, got {weight}.')
+  x = tf.convert_to_tensor(x, tf.float32)
+  y = tf.cast(y, tf.int32)
+  shift = attention_shift(feature_fn, x, y)
+
+  def evaluate(x_adv):
+    with tf.GradientTape() as tape:
+      tape.watch(x_adv)
+      _, logits = feature_fn(x_adv)
+      margin = cw_margin(logits, y)
+      distance = shift(x_adv)
+      total = tf.reduce_sum(tf.minimum(margin, 0.0) - weight * distance)
+    grad = tape.gradient(total, x_adv)
+    return (tf.zeros_like(x_adv) if grad is None else grad), margin > 0, distance
+
+  start = random_start(x, eps, seed) if random_init else x
+  grad, fooled, distance = evaluate(start)
+  best = start
+  best_distance = tf.where(fooled, distance, tf.fill(tf.shape(distance), float('inf')))
+
+  def body(i, x_adv, grad, best, best_distance):
+    x_adv = project(x_adv + step_size * tf.sign(grad), x, eps)
+    grad, fooled, distance = evaluate(x_adv)
+    better = tf.logical_and(fooled, distance < best_distance)
+    return (i + 1, x_adv, grad, tf.where(better[:, None, None, None], x_adv, best),
+            tf.where(better, distance, best_distance))
+
+  _, x_last, _, best, best_distance = tf.while_loop(
+      lambda i, *_: i < num_steps, body, (tf.constant(0), start, grad, best, best_distance))
+  found = tf.math.is_finite(best_distance)
+  return tf.stop_gradient(tf.where(found[:, None, None, None], best, x_last))
