@@ -83,8 +83,8 @@ class OverfitGuard(keras.callbacks.Callback):
     if len(x) == 0 or len(x) != len(y):
       raise ValueError(f'x and y must be non-empty and of equal length, got {len(x)} and '
                        f'{len(y)}.')
-    if not 0.0 < min_pgd_drop <= 1.0:
-      raise ValueError(f'min_pgd_drop must be in (0, 1], got {min_pgd_drop}.')
+    if not 0.0 <= min_pgd_drop <= 1.0:
+      raise ValueError(f'min_pgd_drop must be in [0, 1], got {min_pgd_drop}.')
     for name, value in (('pgd_steps', pgd_steps), ('batch_size', batch_size)):
       if int(value) < 1:
         raise ValueError(f'{name} must be >= 1, got {value}.')

@@ -122,6 +122,8 @@ def test_guard_rejects_bad_arguments():
     overfitting.OverfitGuard(x, y, eps=0.1, mode='rollback')
   with pytest.raises(ValueError, match='equal length'):
     overfitting.OverfitGuard(x, y[:3], eps=0.1)
+  with pytest.raises(ValueError, match='min_pgd_drop'):
+    overfitting.OverfitGuard(x, y, eps=0.1, min_pgd_drop=1.5)
   with pytest.raises(ValueError, match='num_examples'):
     overfitting.held_out(x, y, 13)
 
