@@ -31,6 +31,9 @@ Objective = Callable[[tf.Tensor], tf.Tensor]  # x_adv [B,H,W,C] -> per-example v
 # Checks and small shared parts.
 
 def check_eps(eps, name: str = 'eps') -> float:
+  """Validates a Python eps in [0, 1]; a tensor (e.g. a warm-up schedule) passes through."""
+  if tf.is_tensor(eps):
+    return eps
   eps = float(eps)
   if not 0.0 <= eps <= 1.0:
     raise ValueError(f'{name} must be in [0, 1] (images are in [0, 1]), got {eps}.')

@@ -17,10 +17,13 @@ from absl import logging
 from aad_tf import base_defenses
 from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
+from aad_tf import distribute
 from aad_tf import evaluation
 from aad_tf import export as export_lib
+from aad_tf import figures
 from aad_tf import models
 from aad_tf import overfitting
+from aad_tf import summaries
 from aad_tf import training
 from trainers import common_flags
 
@@ -41,7 +44,9 @@ def define_flags() -> None:
   flags.DEFINE_float('lr_decay_epochs', 1.0, 'Epochs between learning-rate decays.',
                      lower_bound=0.0)
   flags.DEFINE_float('momentum', 0.9, 'Momentum for sgd and rmsprop.', lower_bound=0.0)
-  flags.DEFINE_enum('augment', 'none', ['none', 'pad_crop_flip'], 'Training augmentation.')
+  flags.DEFINE_enum('augment', 'none', ['none', 'pad_crop_flip', 'inception_crop_flip'],
+                    'Training augmentation: pad_crop_flip (CIFAR-10), inception_crop_flip '
+                    '(ImageNet random-resized crop and flip).')
   flags.DEFINE_enum('defense', 'madry', sorted(defense_lib.BASE_DEFENSES),
                     'Base adversarial training.')
   flags.DEFINE_bool('aad', False, "Add AAD's rectification and preservation losses.")
@@ -57,6 +62,9 @@ def define_flags() -> None:
   flags.DEFINE_float('train_step_size', 0.01, 'Step size of the training PGD.', lower_bound=0.0)
   flags.DEFINE_integer('train_num_steps', 40, 'Steps of the training PGD.', lower_bound=0)
   flags.DEFINE_bool('train_random_init', True, 'Random start for the training PGD.')
+  flags.DEFINE_integer('train_eps_warmup_steps', 0,
+                       'Ramp the training eps (and step size) linearly over this many steps.',
+                       lower_bound=0)
   flags.DEFINE_float('trades_beta', 6.0, "Weight of TRADES' KL term for --defense=trades.",
                      lower_bound=0.0)
   flags.DEFINE_float('stepll_random_step', 0.0,
@@ -83,12 +91,37 @@ def define_flags() -> None:
   flags.DEFINE_integer('checkpoint_every', 500, 'Steps between checkpoints.', lower_bound=1)
   flags.DEFINE_integer('keep_checkpoints', 3, 'Checkpoints to keep.', lower_bound=1)
   flags.DEFINE_integer('log_every', 100, 'Steps between scalar summaries.', lower_bound=1)
+  flags.DEFINE_integer('summary_every', 200, 'Steps between activation-map image summaries.',
+                       lower_bound=1)
+  flags.DEFINE_integer('summary_images', 8,
+                       'Held-out test images in the TensorBoard activation-map panel (0: none).',
+                       lower_bound=0)
   flags.DEFINE_list('eval_attacks', ['clean', 'fgsm', 'pgd20'],
                     'Closing evaluation attacks (clean, fgsm, stepll, pgd<k>, cw<k>).')
   flags.DEFINE_float('eval_eps', None, 'Evaluation eps (default: 0.3 MNIST, 8/255 CIFAR-10).',
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('eval_batch_size', 500, 'Evaluation batch size.', lower_bound=1)
   flags.DEFINE_bool('export', True, 'Export the classifier after training.')
+  # Scale: backbones, ImageNet input, distribution, precision, determinism.
+  flags.DEFINE_string('pretrained_weights', None,
+                      'Local weights file to start from (resnet50: backbone weights; '
+                      'inception_v3: the whole network). Never downloaded.')
+  flags.DEFINE_integer('image_size', None, 'Input size for ImageNet (default 224).',
+                       lower_bound=32)
+  flags.DEFINE_string('manual_dir', None,
+                      'Directory with ILSVRC2012_img_{train,val}.tar for preparing ImageNet '
+                      '(default <data_dir>/downloads/manual).')
+  flags.DEFINE_list('devices', [],
+                    'Devices to mirror over, e.g. GPU:0,GPU:1 (cpu:0,cpu:1 splits the CPU); '
+                    'default: every visible GPU. Multi-worker: set TF_CONFIG instead.')
+  flags.DEFINE_bool('mixed_precision', False,
+                    'Compute in bfloat16 with float32 variables (mixed_bfloat16).')
+  flags.DEFINE_bool('jit_compile', None,
+                    'Compile the train step with XLA (default: Keras decides; off with several '
+                    'replicas or --deterministic).')
+  flags.DEFINE_bool('deterministic', False,
+                    'Deterministic ops and seeds: a resumed run ends with the same weights as an '
+                    'uninterrupted one.')
 
 
 def parse_kappa(value: str):
@@ -107,7 +140,8 @@ def config_from_flags() -> training.TrainConfig:
   try:
     attack = defense_lib.AttackConfig(eps=FLAGS.train_eps, step_size=FLAGS.train_step_size,
                                       num_steps=FLAGS.train_num_steps,
-                                      random_init=FLAGS.train_random_init)
+                                      random_init=FLAGS.train_random_init,
+                                      warmup_steps=FLAGS.train_eps_warmup_steps)
     defense = defense_lib.DefenseConfig(
         defense=FLAGS.defense, aad=FLAGS.aad, alpha=FLAGS.alpha, beta=FLAGS.beta,
         kappa=parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
@@ -123,7 +157,10 @@ def config_from_flags() -> training.TrainConfig:
         lr_decay_epochs=FLAGS.lr_decay_epochs, momentum=FLAGS.momentum,
         augment=None if FLAGS.augment == 'none' else FLAGS.augment, seed=FLAGS.seed,
         defense=defense, checkpoint_every=FLAGS.checkpoint_every,
-        keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every)
+        keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every,
+        pretrained_weights=FLAGS.pretrained_weights, image_size=FLAGS.image_size,
+        manual_dir=FLAGS.manual_dir, mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic)
     evaluation.standard_attacks(FLAGS.eval_attacks, eps=eval_eps())
     if defense.defense == 'ensemble':
       info = data_lib.get_info(FLAGS.dataset)
@@ -136,6 +173,20 @@ def config_from_flags() -> training.TrainConfig:
 
 def eval_eps() -> float:
   return FLAGS.eval_eps if FLAGS.eval_eps is not None else evaluation.DEFAULT_EPS[FLAGS.dataset]
+
+
+def summary_callback(config: training.TrainConfig, arrays: data_lib.Arrays
+                     ) -> summaries.TrainSummaries:
+  """TensorBoard scalars, hparams and an activation-map panel of fixed test images."""
+  images = labels = None
+  if FLAGS.summary_images:
+    x_test, y_test = arrays.split('test')
+    index = figures.pick_examples(y_test, min(FLAGS.summary_images, len(y_test)))
+    images, labels = x_test[index], y_test[index]
+  return summaries.TrainSummaries(
+      summaries.log_dir(config.model_dir), scalar_every=config.log_every, images=images,
+      labels=labels, class_names=figures.class_names(config.dataset, config.info.num_classes),
+      image_every=FLAGS.summary_every, hparams=config.to_json())
 
 
 def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays
@@ -154,20 +205,61 @@ def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays
       checkpoint_dir=os.path.join(config.model_dir, 'checkpoints'))
 
 
+def create_strategy():
+  """The strategy of --devices / TF_CONFIG; call before any other TensorFlow work."""
+  try:
+    strategy = distribute.create_strategy(FLAGS.devices)
+  except ValueError as e:
+    raise app.UsageError(f'--devices: {e}') from e
+  logging.info('Strategy: %s.', distribute.describe(strategy))
+  return strategy
+
+
+def imagenet_sample(config: training.TrainConfig, num: int) -> data_lib.Arrays:
+  """The first `num` ImageNet validation images in memory (as both splits), for summaries."""
+  builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
+  x, y = next(iter(data_lib.imagenet_eval_dataset(
+      builder, batch_size=num, num_examples=num, image_size=config.image_shape[0])))
+  x, y = x.numpy(), y.numpy()
+  return data_lib.Arrays(x_train=x, y_train=y, x_test=x, y_test=y)
+
+
+def closing_eval_dataset(config: training.TrainConfig, arrays: Optional[data_lib.Arrays]):
+  if arrays is None:
+    builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
+    return data_lib.imagenet_eval_dataset(builder, batch_size=FLAGS.eval_batch_size,
+                                          num_examples=FLAGS.eval_examples,
+                                          image_size=config.image_shape[0])
+  return data_lib.eval_dataset(arrays, batch_size=FLAGS.eval_batch_size,
+                               num_examples=FLAGS.eval_examples)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  strategy = create_strategy()
   config = config_from_flags()
-  training.write_flags(config.model_dir, FLAGS.flags_into_string())
-  arrays = data_lib.load_arrays(config.dataset, data_dir=config.data_dir,
-                                source=config.data_source, download=config.download)
-  guard = overfit_guard(config, arrays)
-  model = training.train(config, arrays, callbacks=[guard] if guard else [])
+  chief = distribute.is_chief(strategy)
+  if chief:
+    training.write_flags(config.model_dir, FLAGS.flags_into_string())
+  streamed = config.dataset in data_lib.STREAMED_DATASETS
+  if streamed and FLAGS.overfit_guard != 'off':
+    raise app.UsageError('--overfit_guard needs an in-memory dataset, not imagenet.')
+  arrays = None if streamed else data_lib.load_arrays(
+      config.dataset, data_dir=config.data_dir, source=config.data_source,
+      download=config.download)
+  guard = overfit_guard(config, arrays) if arrays is not None else None
+  shown = arrays if arrays is not None else (
+      imagenet_sample(config, FLAGS.summary_images) if FLAGS.summary_images else None)
+  callbacks = [*([summary_callback(config, shown)] if shown is not None else []),
+               *([guard] if guard else [])]
+  model = training.train(config, arrays, callbacks=callbacks, strategy=strategy)
+  if not chief:
+    return
   classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
   if FLAGS.export:
     export_lib.export_all(classifier, layer, config.model_dir)
-  dataset = data_lib.eval_dataset(arrays, batch_size=FLAGS.eval_batch_size,
-                                  num_examples=FLAGS.eval_examples)
+  dataset = closing_eval_dataset(config, arrays)
   eps = eval_eps()
   report = evaluation.evaluate(classifier, dataset,
                                evaluation.standard_attacks(FLAGS.eval_attacks, eps=eps,
@@ -179,6 +271,9 @@ def main(argv):
                       {'dataset': config.dataset, 'model': config.model, 'eps': eps,
                        'seed': config.seed, **report.to_json(),
                        'overfit_guard': guard.summary() if guard else None})
+  summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
+                               int(model.optimizer.iterations.numpy()),
+                               report.to_json()['accuracy'])
 
 
 if __name__ == '__main__':
