@@ -25,6 +25,7 @@ from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
 from aad_tf import models
+from aad_tf import summaries
 
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
 
@@ -165,7 +166,9 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
   Args:
     config: the run.
     arrays: the dataset, if already loaded (else loaded from config.data_dir).
-    callbacks: extra Keras callbacks.
+    callbacks: extra Keras callbacks. Unless one is a `summaries.TrainSummaries` (trainers/main.py
+      passes one that also draws activation maps), scalars are written every
+      `config.log_every` steps to `<model_dir>/tensorboard`.
 
   Returns:
     The trained AADModel (its `.classifier` is what gets exported).
@@ -191,10 +194,12 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
   all_callbacks = [
       checkpointing.StopOnNonFinite(checkpointer),
       checkpointing.CheckpointCallback(checkpointer, config.checkpoint_every),
-      keras.callbacks.TensorBoard(os.path.join(config.model_dir, 'tensorboard'),
-                                  update_freq=config.log_every, write_graph=False),
       *callbacks,
   ]
+  if not any(isinstance(c, summaries.TrainSummaries) for c in callbacks):
+    all_callbacks.append(summaries.TrainSummaries(
+        summaries.log_dir(config.model_dir), scalar_every=config.log_every,
+        hparams=config.to_json()))
   started = time.time()
   step = start
   while step < total:
@@ -222,3 +227,76 @@ def write_flags(model_dir: str, flags_text: str) -> None:
   with tf.io.gfile.GFile(tmp, 'w') as f:
     f.write(flags_text)
   tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a finished (or running) run back: export, figures, evaluation of saved runs.
+
+def config_from_json(payload: Dict[str, Any]) -> TrainConfig:
+  """Rebuilds the TrainConfig that `train` saved as config.json (unknown keys are ignored)."""
+  def build(cls, values):
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+  payload = dict(payload)
+  defense = dict(payload.get('defense') or {})
+  defense['attack'] = build(defense_lib.AttackConfig, defense.get('attack') or {})
+  payload['defense'] = build(defense_lib.DefenseConfig, defense)
+  return build(TrainConfig, payload)
+
+
+def load_config(model_dir: str) -> TrainConfig:
+  """The TrainConfig of the run in `model_dir` (from its config.json)."""
+  path = os.path.join(model_dir, 'config.json')
+  if not tf.io.gfile.exists(path):
+    raise ValueError(f'{path} not found: {model_dir!r} is not a training run directory '
+                     f'(train writes config.json when it starts).')
+  with tf.io.gfile.GFile(path) as f:
+    config = config_from_json(json.load(f))
+  # The directory may have been moved or copied since training.
+  return dataclasses.replace(config, model_dir=model_dir)
+
+
+def list_checkpoints(model_dir: str) -> Tuple[Tuple[int, str], ...]:
+  """The run's kept checkpoints as (step, path), oldest first."""
+  state = tf.train.get_checkpoint_state(os.path.join(model_dir, 'checkpoints'))
+  if state is None:
+    return ()
+  paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+  return tuple(sorted((int(p.rsplit('-', 1)[-1]), p) for p in paths))
+
+
+def initial_classifier(config: TrainConfig) -> Tuple[keras.Model, str]:
+  """The run's classifier at step 0: `train` seeds with config.seed, then builds it first."""
+  keras.utils.set_random_seed(config.seed)
+  return build_classifier(config)
+
+
+def restore_classifier(config: TrainConfig, checkpoint: Optional[str] = None, *,
+                       classifier: Optional[keras.Model] = None) -> Tuple[keras.Model, str, int]:
+  """Builds the run's classifier and loads a checkpoint into it (the optimizer is not needed).
+
+  Args:
+    config: the run (e.g. `load_config(model_dir)`).
+    checkpoint: a checkpoint path (`.../checkpoints/ckpt-<step>`); None takes the latest.
+    classifier: load into this classifier of the run (e.g. to step through checkpoints with
+      functions already traced on it) instead of building a new one.
+
+  Returns:
+    (classifier, name of its Grad-CAM layer, step of the checkpoint).
+  """
+  if checkpoint is None:
+    kept = list_checkpoints(config.model_dir)
+    if not kept:
+      raise ValueError(f'No checkpoint in {config.model_dir}/checkpoints.')
+    checkpoint = kept[-1][1]
+  if classifier is None:
+    classifier, layer = build_classifier(config)
+  else:
+    layer = models.get_spec(config.model).gradcam_layer
+  try:
+    status = tf.train.Checkpoint(model=classifier).restore(checkpoint).expect_partial()
+    status.assert_existing_objects_matched()
+  except (tf.errors.OpError, AssertionError, ValueError) as e:
+    raise ValueError(f'Cannot load {checkpoint} into a {config.model!r} classifier: {e}') from e
+  return classifier, layer, int(checkpoint.rsplit('-', 1)[-1])

@@ -1,0 +1,101 @@
+r"""Exports a run's classifier as a versioned SavedModel for TF Serving, and as a .keras file.
+
+  python -m trainers.export --model_dir=/tmp/mnist_madry_aad --export_dir=/tmp/serving/aad/1
+
+writes /tmp/serving/aad/1/ (signatures `serving_default` and `attention`, see aad_tf/export.py)
+and /tmp/serving/aad/model-1.keras. The weights come from the run's latest checkpoint (or
+--checkpoint), else from <model_dir>/export/model.keras. Serve the base directory with
+
+  tensorflow_model_server --rest_api_port=8501 --model_name=aad --model_base_path=/tmp/serving/aad
+"""
+
+import os
+
+import keras
+from absl import app
+from absl import flags
+from absl import logging
+
+from aad_tf import export as export_lib
+from aad_tf import models
+from aad_tf import training
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('model_dir', None, 'Training run directory (config.json, checkpoints/).')
+  flags.DEFINE_string('export_dir', None,
+                      'Version directory <base>/<version>, <version> a positive integer (the '
+                      'layout TF Serving watches).')
+  flags.DEFINE_enum('source', 'auto', ['auto', 'checkpoint', 'keras'],
+                    'Weights: auto (latest checkpoint, else export/model.keras), checkpoint or '
+                    'keras.')
+  flags.DEFINE_string('checkpoint', None,
+                      'A checkpoint path (<model_dir>/checkpoints/ckpt-<step>); default latest.')
+  flags.DEFINE_bool('export_keras', True, 'Also write <base>/model-<version>.keras.')
+  flags.DEFINE_bool('overwrite', False,
+                    'Replace an existing version (TF Serving may be serving it).')
+
+
+def version_of(export_dir: str) -> int:
+  """The version number a TF Serving export directory ends with; UsageError if it does not."""
+  name = os.path.basename(export_dir.rstrip('/'))
+  if not name.isdigit() or int(name) < 1:
+    raise app.UsageError(
+        f'--export_dir must end in a positive integer version (TF Serving loads '
+        f'<base>/<version>/), e.g. {os.path.join(export_dir.rstrip("/"), "1")}; got {export_dir!r}.')
+  return int(name)
+
+
+def check_destination(export_dir: str, overwrite: bool) -> None:
+  """Refuses to replace an existing version unless asked: a server may be serving it."""
+  if os.path.exists(export_dir) and not overwrite:
+    raise app.UsageError(f'{export_dir} exists; export a new version number or pass --overwrite.')
+
+
+def load_classifier(model_dir: str, source: str, checkpoint):
+  """(classifier, Grad-CAM layer, description of where the weights came from)."""
+  try:
+    config = training.load_config(model_dir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  layer = models.get_spec(config.model).gradcam_layer
+  keras_path = os.path.join(model_dir, 'export', 'model.keras')
+  kept = training.list_checkpoints(model_dir)
+  if source == 'checkpoint' or checkpoint or (source == 'auto' and kept):
+    if not (checkpoint or kept):
+      raise app.UsageError(f'No checkpoint in {model_dir}/checkpoints.')
+    try:
+      classifier, layer, step = training.restore_classifier(config, checkpoint)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
+    return classifier, layer, f'checkpoint {checkpoint or kept[-1][1]} (step {step})'
+  if not os.path.exists(keras_path):
+    raise app.UsageError(f'Neither a checkpoint in {model_dir}/checkpoints nor {keras_path}.')
+  return keras.models.load_model(keras_path, safe_mode=True), layer, keras_path
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.model_dir or not FLAGS.export_dir:
+    raise app.UsageError('--model_dir and --export_dir are required.')
+  export_dir = os.path.abspath(FLAGS.export_dir.rstrip('/'))
+  version = version_of(export_dir)
+  check_destination(export_dir, FLAGS.overwrite)
+  classifier, layer, origin = load_classifier(FLAGS.model_dir, FLAGS.source, FLAGS.checkpoint)
+  logging.info('Exporting %s from %s.', classifier.name, origin)
+  export_lib.export_saved_model(classifier, layer, export_dir)
+  written = [export_dir]
+  if FLAGS.export_keras:
+    written.append(export_lib.export_keras(
+        classifier, os.path.join(os.path.dirname(export_dir), f'model-{version}.keras')))
+  print(f'Exported {classifier.name} ({origin}) to:\n  ' + '\n  '.join(written))
+  print(f'Serve with: tensorflow_model_server --rest_api_port=8501 --model_name=<name> '
+        f'--model_base_path={os.path.dirname(export_dir)}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
