@@ -1,0 +1,281 @@
+"""Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", ICML 2020), L-inf, native TF2.
+
+APGD is PGD with momentum and a step size that adapts itself, so that it needs no tuning:
+
+  * start at a uniform random point of the eps ball, step size eta = 2 * eps;
+  * z = P(x_k + eta * sign(grad)),
+    x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})), alpha = 0.75 (1 at step 0);
+  * at checkpoints w_j = ceil(p_j * N_iter), p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), each example whose step size
+    (1) raised its loss in at most rho = 75 % of the steps since the last checkpoint, or
+    (2) was not halved at the last checkpoint and whose best loss did not improve since then,
+    halves its step size and restarts from its best point (and that point's gradient).
+
+Losses (per example, ascended):
+  'ce'   cross-entropy.
+  'dlr'  Difference of Logits Ratio, -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3): invariant to
+         shifting and scaling the logits, so saturated softmax outputs cannot hide gradients.
+  targeted DLR (`apgd_targeted`), -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), run once for
+         each of the `num_target_classes` classes ranked highest after y on the clean input
+         (AutoAttack's APGD-T).
+
+The returned image is, per example, the last misclassified iterate if any was found, else the
+iterate of highest loss. Everything is one `tf.while_loop`, so a call traces once inside a
+`tf.function` whatever the number of iterations.
+"""
+
+from typing import List, Optional
+
+import tensorflow as tf
+
+from aad_tf import attacks as attacks_lib
+
+MOMENTUM = 0.75  # alpha of the momentum update (paper Sec. 3.1)
+RHO = 0.75  # condition 1: fraction of loss-increasing steps below which the step size halves
+P1 = 0.22  # first checkpoint, as a fraction of the iterations
+P_DECAY = 0.03  # the gap between checkpoints shrinks by this fraction ...
+P_MIN = 0.06  # ... down to this fraction of the iterations
+LOSSES = ('ce', 'dlr')
+
+
+def checkpoints(num_steps: int) -> List[int]:
+  """The iterations w_j = ceil(p_j * num_steps) at which APGD may halve its step size.
+
+  p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), as in the paper; the
+  intervals between checkpoints are rounded as in the authors' code: max(int(0.22 N), 1) first,
+  then shrinking by max(int(0.03 N), 1) down to max(int(0.06 N), 1).
+
+  Returns:
+    The checkpoint iterations in (0, num_steps], increasing.
+  """
+  first, decay, minimum = _intervals(num_steps)
+  points, interval, point = [], first, 0
+  while point + interval <= num_steps:
+    point += interval
+    points.append(point)
+    interval = max(interval - decay, minimum)
+  return points
+
+
+def _intervals(num_steps: int):
+  return (max(int(P1 * num_steps), 1), max(int(P_DECAY * num_steps), 1),
+          max(int(P_MIN * num_steps), 1))
+
+
+def dlr_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+  """Untargeted DLR loss [B]: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12).
+
+  Args:
+    logits: [B, K] with K >= 3.
+    labels: int [B].
+  """
+  logits = tf.cast(logits, tf.float32)
+  top = tf.math.top_k(logits, k=3).values  # [B, 3], descending
+  correct = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
+  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+  other = tf.reduce_max(logits - 1e9 * onehot, axis=-1)
+  return -(correct - other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+  """Targeted DLR loss [B]: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12).
+
+  Args:
+    logits: [B, K] with K >= 4.
+    labels: int [B], the true classes y.
+    targets: int [B], the target classes t.
+  """
+  logits = tf.cast(logits, tf.float32)
+  top = tf.math.top_k(logits, k=4).values
+  correct = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
+  target = tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1)
+  return -(correct - target) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def _check(eps, num_steps, num_restarts):
+  eps = attacks_lib.check_eps(eps)
+  if int(num_steps) != num_steps or num_steps < 1:
+    raise ValueError(f'num_steps must be a positive integer, got {num_steps}.')
+  if int(num_restarts) != num_restarts or num_restarts < 1:
+    raise ValueError(f'num_restarts must be a positive integer, got {num_restarts}.')
+  return eps
+
+
+def _random_start(x: tf.Tensor, eps: float, seed: tf.Tensor) -> tf.Tensor:
+  """x + eps * t / ||t||_inf, t uniform in [-1, 1]^d (the authors' start), clipped to [0, 1]."""
+  t = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype)
+  t_max = tf.reduce_max(tf.abs(t), axis=[1, 2, 3], keepdims=True)
+  return attacks_lib.project(x + eps * t / (t_max + 1e-12), x, eps)
+
+
+def _expand(v: tf.Tensor) -> tf.Tensor:
+  return v[:, None, None, None]
+
+
+def _single_run(loss_fn, model_fn, x, y, *, eps, num_steps, seed):
+  """One APGD run from a random start. Returns (x_out, fooled [B], best loss [B])."""
+  first, decay, minimum = _intervals(num_steps)
+
+  def value_and_grad(x_adv):
+    with tf.GradientTape() as tape:
+      tape.watch(x_adv)
+      logits = model_fn(x_adv)
+      loss = loss_fn(logits)
+      total = tf.reduce_sum(loss)
+    grad = tape.gradient(total, x_adv)
+    grad = tf.zeros_like(x_adv) if grad is None else grad
+    fooled = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+    return loss, grad, fooled
+
+  x_start = _random_start(x, eps, seed)
+  loss, grad, fooled = value_and_grad(x_start)
+  batch = tf.shape(x)[0]
+  state = dict(
+      i=tf.constant(0),
+      x_adv=x_start, x_prev=x_start, grad=grad,
+      step=tf.fill([batch], tf.constant(2.0 * eps, x.dtype)),
+      x_best=x_start, grad_best=grad, loss_best=loss,
+      x_best_adv=x_start, fooled=fooled,
+      loss_prev=loss, increases=tf.zeros([batch], tf.float32),
+      counter=tf.constant(0), interval=tf.constant(first),
+      loss_best_last_check=loss,
+      # As in the authors' code, condition 2 cannot fire at the first checkpoint.
+      reduced_last_check=tf.ones([batch], tf.bool))
+
+  def body(s):
+    a = tf.where(s['i'] > 0, MOMENTUM, 1.0)
+    momentum_dir = s['x_adv'] - s['x_prev']
+    z = attacks_lib.project(s['x_adv'] + _expand(s['step']) * tf.sign(s['grad']), x, eps)
+    x_new = attacks_lib.project(s['x_adv'] + a * (z - s['x_adv']) + (1.0 - a) * momentum_dir,
+                                x, eps)
+    loss, grad, fooled_now = value_and_grad(x_new)
+    x_best_adv = tf.where(_expand(fooled_now), x_new, s['x_best_adv'])
+    fooled = tf.logical_or(s['fooled'], fooled_now)
+    increases = s['increases'] + tf.cast(loss > s['loss_prev'], tf.float32)
+    improved = loss > s['loss_best']
+    x_best = tf.where(_expand(improved), x_new, s['x_best'])
+    grad_best = tf.where(_expand(improved), grad, s['grad_best'])
+    loss_best = tf.where(improved, loss, s['loss_best'])
+
+    counter = s['counter'] + 1
+    at_check = tf.equal(counter, s['interval'])
+    oscillating = increases <= tf.cast(s['interval'], tf.float32) * RHO
+    stalled = tf.logical_and(tf.logical_not(s['reduced_last_check']),
+                             s['loss_best_last_check'] >= loss_best)
+    reduce = tf.logical_and(at_check, tf.logical_or(oscillating, stalled))
+    return (dict(
+        i=s['i'] + 1,
+        x_adv=tf.where(_expand(reduce), x_best, x_new),
+        x_prev=s['x_adv'],
+        grad=tf.where(_expand(reduce), grad_best, grad),
+        step=tf.where(reduce, s['step'] / 2.0, s['step']),
+        x_best=x_best, grad_best=grad_best, loss_best=loss_best,
+        x_best_adv=x_best_adv, fooled=fooled, loss_prev=loss,
+        increases=tf.where(at_check, tf.zeros_like(increases), increases),
+        counter=tf.where(at_check, 0, counter),
+        interval=tf.where(at_check, tf.maximum(s['interval'] - decay, minimum), s['interval']),
+        loss_best_last_check=tf.where(at_check, loss_best, s['loss_best_last_check']),
+        reduced_last_check=tf.where(at_check, reduce, s['reduced_last_check'])),)
+
+  state = tf.while_loop(lambda s: s['i'] < num_steps, body, (state,))[0]
+  x_out = tf.where(_expand(state['fooled']), state['x_best_adv'], state['x_best'])
+  return x_out, state['fooled'], state['loss_best']
+
+
+def _default_seed(seed) -> tf.Tensor:
+  if seed is None:
+    return tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
+  return tf.cast(seed, tf.int32)
+
+
+def _over_restarts(run, num_restarts):
+  """Runs run(r) -> (x_adv, fooled) for r < num_restarts; keeps each example's first success."""
+  best, fooled = run(tf.constant(0))
+  if num_restarts == 1:
+    return best
+
+  def body(r, best, fooled):
+    candidate, candidate_fooled = run(r)
+    take = tf.logical_and(tf.logical_not(fooled), candidate_fooled)
+    return (r + 1, tf.where(_expand(take), candidate, best), tf.logical_or(fooled, take))
+
+  _, best, _ = tf.while_loop(lambda r, *_: r < num_restarts, body,
+                             (tf.constant(1), best, fooled))
+  return best
+
+
+def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 100,
+         loss: str = 'ce', num_restarts: int = 1, seed: Optional[tf.Tensor] = None
+         ) -> tf.Tensor:
+  """Untargeted APGD-CE or APGD-DLR under an L-inf bound.
+
+  Args:
+    model_fn: x -> logits [B, K], inference mode.
+    x: images [B, H, W, C] in [0, 1].
+    y: int labels [B].
+    eps: L-inf radius in [0, 1].
+    num_steps: iterations per restart (paper: 100).
+    loss: 'ce' or 'dlr' (needs K >= 3).
+    num_restarts: random restarts; each example keeps its first successful one.
+    seed: optional stateless seed [2]; restart r uses fold_in(seed, r).
+
+  Returns:
+    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
+  """
+  eps = _check(eps, num_steps, num_restarts)
+  if loss not in LOSSES:
+    raise ValueError(f'loss must be one of {LOSSES}, got {loss!r}.')
+  x = tf.convert_to_tensor(x, tf.float32)
+  y = tf.cast(y, tf.int32)
+  base_seed = _default_seed(seed)
+  if loss == 'ce':
+    loss_fn = lambda logits: attacks_lib.cross_entropy(logits, y)
+  else:
+    loss_fn = lambda logits: dlr_loss(logits, y)
+
+  def run(r):
+    restart_seed = tf.random.experimental.stateless_fold_in(base_seed, r)
+    x_adv, fooled, _ = _single_run(loss_fn, model_fn, x, y, eps=eps, num_steps=num_steps,
+                                   seed=restart_seed)
+    return x_adv, fooled
+
+  return tf.stop_gradient(_over_restarts(run, num_restarts))
+
+
+def apgd_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 100,
+                  num_target_classes: int = 9, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """APGD-T: APGD on the targeted DLR loss towards each of the top runner-up classes.
+
+  Target t_j (j = 1 .. num_target_classes) is the class ranked j-th highest after the first on
+  the clean input (AutoAttack's choice); each example keeps the first target run that fools the
+  model (the attack is untargeted in its success criterion).
+
+  Args:
+    model_fn: x -> logits [B, K], inference mode; K >= 4.
+    x, y: images [B, H, W, C] in [0, 1] and int labels [B].
+    eps: L-inf radius in [0, 1].
+    num_steps: iterations per target class.
+    num_target_classes: how many target classes to try, at most K - 1.
+    seed: optional stateless seed [2].
+  """
+  eps = _check(eps, num_steps, num_target_classes)
+  x = tf.convert_to_tensor(x, tf.float32)
+  y = tf.cast(y, tf.int32)
+  base_seed = _default_seed(seed)
+  clean_logits = model_fn(x)
+  num_classes = clean_logits.shape[-1]
+  if num_classes is not None and (num_classes < 4 or num_target_classes > num_classes - 1):
+    raise ValueError(f'apgd_targeted needs K >= 4 classes and num_target_classes <= K - 1; '
+                     f'got K={num_classes}, num_target_classes={num_target_classes}.')
+  ranking = tf.argsort(clean_logits, axis=-1, direction='DESCENDING', stable=True)
+
+  def run(j):
+    targets = tf.cast(ranking[:, j + 1], tf.int32)
+    loss_fn = lambda logits: dlr_targeted_loss(logits, y, targets)
+    x_adv, fooled, _ = _single_run(loss_fn, model_fn, x, y, eps=eps, num_steps=num_steps,
+                                   seed=tf.random.experimental.stateless_fold_in(base_seed, j))
+    return x_adv, fooled
+
+  return tf.stop_gradient(_over_restarts(run, num_target_classes))
+
