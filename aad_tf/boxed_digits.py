@@ -58,13 +58,13 @@ class CanvasConfig:
     ink_threshold: a pixel is ink if above this fraction of the rescaled digit's peak.
   """
   canvas_size: int = 64
-  min_digit_size: int = 20
+  min_digit_size: int = 24
   max_digit_size: int = 40
-  min_fragments: int = 3
-  max_fragments: int = 6
-  min_fragment_size: int = 8
-  max_fragment_size: int = 12
-  noise: float = 0.15
+  min_fragments: int = 2
+  max_fragments: int = 4
+  min_fragment_size: int = 6
+  max_fragment_size: int = 10
+  noise: float = 0.05
   ink_threshold: float = 0.1
 
   def __post_init__(self):
@@ -84,7 +84,10 @@ class CanvasConfig:
       raise ValueError(f'ink_threshold must be in [0, 1), got {self.ink_threshold}.')
 
 
-# The registered dataset: its sizes are also in `data.DATASETS['boxed_mnist']`.
+# The registered dataset: its sizes are also in `data.DATASETS['boxed_mnist']`. The clutter is
+# light enough that Madry et al.'s LeNet learns the task in a few hundred steps (about 60% test
+# accuracy after 150 steps of batch 100; with 3-6 fragments of 8-12 pixels and noise 0.15 it was
+# still near chance at 150 steps).
 DEFAULT_CONFIG = CanvasConfig()
 NUM_TRAIN = 12000
 NUM_TEST = 2000
