@@ -15,6 +15,7 @@ Base defenses are small objects (`BaseDefense`) in a registry, so new ones (Step
 TRADES...) plug in without touching the step.
 """
 
+import abc
 import copy
 import dataclasses
 from typing import Callable, Dict, Optional, Tuple, Union
@@ -119,7 +120,7 @@ class DefenseConfig:
 # ---------------------------------------------------------------------------------------------
 # Base defenses.
 
-class BaseDefense:
+class BaseDefense(abc.ABC):
   """One base adversarial training: how to craft x_adv and the classification part of the loss.
 
   Attributes:
@@ -155,10 +156,10 @@ class BaseDefense:
                        num_steps=a.num_steps, random_init=a.random_init,
                        seed=self.step_seed() if a.random_init else None)
 
+  @abc.abstractmethod
   def loss(self, y, clean_logits, adv_logits, config: DefenseConfig
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     """Returns (per-example loss [B], named per-example parts for metrics)."""
-    raise NotImplementedError  # abstract
 
 
 class NoDefense(BaseDefense):
