@@ -5,9 +5,9 @@ An offline dataset with exact ground-truth boxes for the attention analysis of t
 
 * one MNIST digit, rescaled to a random side in [min_digit_size, max_digit_size] pixels and placed
   at a random position; its label is the digit's label;
-* clutter: a random number of fragments (random square crops of other digits of the same split,
-  at their native scale), placed only where they do not touch the digit's box, so the box holds
-  the object and the clutter lies outside it;
+* clutter: a random number of fragments (random square crops of other digits of the same MNIST
+  split, at their native scale), placed only where they do not touch the digit's box, so the box
+  holds the object and the clutter lies outside it;
 * uniform background noise in [0, noise].
 
 The box is the tight box of the digit's ink (pixels of the rescaled digit above `ink_threshold`
@@ -16,8 +16,9 @@ the digit's ink lies exactly in rows ymin..ymax-1 and columns xmin..xmax-1. It i
 because the generator placed the digit there.
 
 Everything is a pure function of (the MNIST arrays, seed): canvas i of a split uses digit i of the
-same MNIST split (train canvases from MNIST train digits, test canvases from MNIST test digits) and
-the generator `np.random.default_rng([seed, split_index, i])`, so any canvas can be rebuilt alone.
+same MNIST split (train canvases from MNIST train digits, test canvases from MNIST test digits),
+fragments of that split's digits and the generator `np.random.default_rng([seed, split_index, i])`,
+so a prefix of a split can be drawn alone (`draw_split`).
 
     boxed = boxed_digits.load(data_dir='shared/data')       # BoxedDigits, cached
     boxed.arrays                                            # data.Arrays for training
@@ -136,24 +137,27 @@ def _overlaps(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> boo
 
 
 def draw(digits: np.ndarray, *, seed: int, split_index: int = 0,
-         config: CanvasConfig = DEFAULT_CONFIG) -> Tuple[np.ndarray, np.ndarray]:
-  """Draws one canvas per digit; clutter fragments are cut from `digits` too.
+         config: CanvasConfig = DEFAULT_CONFIG, clutter_digits: Optional[np.ndarray] = None
+         ) -> Tuple[np.ndarray, np.ndarray]:
+  """Draws one canvas per digit, with fragments of other digits as clutter.
 
   Args:
-    digits: float [N, 28, 28] or [N, 28, 28, 1] MNIST digits in [0, 1] (N >= 2).
+    digits: float [N, 28, 28] or [N, 28, 28, 1] MNIST digits in [0, 1].
     seed: non-negative int; canvas i uses `np.random.default_rng([seed, split_index, i])`.
     split_index: distinguishes the splits' random streams.
     config: the canvas settings.
+    clutter_digits: [M, 28, 28(, 1)] digits to cut fragments from, of which `digits` are the
+      first N (default: `digits`); canvas i never takes fragments of clutter digit i.
 
   Returns:
     (canvases float32 [N, S, S, 1] in [0, 1] quantised to multiples of 1/255,
      boxes int32 [N, 4] (ymin, xmin, ymax, xmax), max exclusive).
   """
-  digits = np.asarray(digits, np.float32)
-  if digits.ndim == 4 and digits.shape[-1] == 1:
-    digits = digits[..., 0]
-  if digits.ndim != 3 or digits.shape[1:] != (28, 28) or len(digits) < 2:
-    raise ValueError(f'digits must be [N >= 2, 28, 28], got {digits.shape}.')
+  digits = _as_digits(digits, 'digits')
+  clutter_digits = digits if clutter_digits is None else _as_digits(clutter_digits,
+                                                                    'clutter_digits')
+  if len(clutter_digits) < max(len(digits), 2):
+    raise ValueError(f'Need at least max(N, 2) clutter digits, got {len(clutter_digits)}.')
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f'seed must be a non-negative int, got {seed!r}.')
   num, side = len(digits), config.canvas_size
@@ -172,10 +176,19 @@ def draw(digits: np.ndarray, *, seed: int, split_index: int = 0,
       ymin, xmin, ymax, xmax = ink_box(digit, config.ink_threshold)
       boxes[i] = (top + ymin, left + xmin, top + ymax, left + xmax)
   for i, rng in enumerate(rngs):
-    _add_clutter(canvases[i], tuple(boxes[i]), digits, rng, exclude=i, config=config)
+    _add_clutter(canvases[i], tuple(boxes[i]), clutter_digits, rng, exclude=i, config=config)
     canvases[i] = np.maximum(canvases[i], rng.uniform(0.0, config.noise, [side, side]))
   canvases = np.round(np.clip(canvases, 0.0, 1.0) * 255.0) / np.float32(255.0)
   return canvases.astype(np.float32)[..., None], boxes
+
+
+def _as_digits(digits, name: str) -> np.ndarray:
+  digits = np.asarray(digits, np.float32)
+  if digits.ndim == 4 and digits.shape[-1] == 1:
+    digits = digits[..., 0]
+  if digits.ndim != 3 or digits.shape[1:] != (28, 28) or not len(digits):
+    raise ValueError(f'{name} must be [N > 0, 28, 28], got {digits.shape}.')
+  return digits
 
 
 def _add_clutter(canvas: np.ndarray, box, digits: np.ndarray, rng: np.random.Generator, *,
@@ -213,19 +226,35 @@ def build(mnist: data_lib.Arrays, *, num_train: int = NUM_TRAIN, num_test: int =
   Returns:
     BoxedDigits with read-only arrays.
   """
-  out = {}
-  for split, count in (('train', num_train), ('test', num_test)):
-    x, y = mnist.split(split)
-    if not 2 <= count <= len(x):
-      raise ValueError(f'num_{split} must be in [2, {len(x)}], got {count}.')
-    canvases, boxes = draw(x[:count], seed=seed, split_index=SPLIT_INDEX[split], config=config)
-    labels = np.array(y[:count], np.int32)
-    for array in (canvases, boxes, labels):
-      array.flags.writeable = False
-    out[split] = (canvases, labels, boxes)
+  out = {split: draw_split(mnist, split, num_examples=count, seed=seed, config=config)
+         for split, count in (('train', num_train), ('test', num_test))}
   arrays = data_lib.Arrays(x_train=out['train'][0], y_train=out['train'][1],
                            x_test=out['test'][0], y_test=out['test'][1])
   return BoxedDigits(arrays, out['train'][2], out['test'][2], config)
+
+
+def draw_split(mnist: data_lib.Arrays, split: str, *, num_examples: int, seed: int = 0,
+               config: CanvasConfig = DEFAULT_CONFIG
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The first `num_examples` canvases of one split, identical to those of `build`.
+
+  Canvas i depends only on (seed, split, its digit i, the split's digits as clutter), so a
+  prefix is drawn without the rest.
+
+  Returns:
+    Read-only (x float32 [N, S, S, 1], y int32 [N], boxes int32 [N, 4]).
+  """
+  if split not in SPLIT_INDEX:
+    raise ValueError(f'split must be one of {tuple(SPLIT_INDEX)}, got {split!r}')
+  x, y = mnist.split(split)
+  if not 2 <= num_examples <= len(x):
+    raise ValueError(f'num_{split} must be in [2, {len(x)}], got {num_examples}.')
+  canvases, boxes = draw(x[:num_examples], seed=seed, split_index=SPLIT_INDEX[split],
+                         config=config, clutter_digits=x)
+  labels = np.array(y[:num_examples], np.int32)
+  for array in (canvases, boxes, labels):
+    array.flags.writeable = False
+  return canvases, labels, boxes
 
 
 def load(data_dir: Optional[str] = None, *, source: str = 'auto', download: bool = False,
