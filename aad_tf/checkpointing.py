@@ -1,7 +1,8 @@
 """Checkpoints that survive faults: atomic writes, the last K kept, exact resume.
 
 A checkpoint holds the classifier, the optimizer (its step counter is the global step, which also
-fixes the data position: see `aad_tf.data.train_dataset`) and nothing else. TensorFlow writes each
+fixes the data position: see `aad_tf.data.train_dataset`) and the classifier's random state (the
+seed generators of dropout layers, so that a resumed run draws the same masks), nothing else. TensorFlow writes each
 checkpoint under a temporary name and renames it, and rewrites the `checkpoint` index atomically,
 so an interrupted save never replaces the last good checkpoint.
 """
@@ -11,6 +12,7 @@ import os
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -27,15 +29,23 @@ class Checkpointer:
     classifier: the model whose weights are saved.
     optimizer: a built Keras optimizer.
     max_to_keep: how many recent checkpoints to keep.
+    restore_directory: where `restore` looks for the latest checkpoint (default: `directory`).
+      Non-chief workers of a multi-worker run write into a scratch directory but restore the
+      chief's checkpoints (see aad_tf.distribute).
   """
 
-  def __init__(self, directory: str, classifier: keras.Model, optimizer, max_to_keep: int = 3):
+  def __init__(self, directory: str, classifier: keras.Model, optimizer, max_to_keep: int = 3,
+               restore_directory: Optional[str] = None):
     if max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1, got {max_to_keep}.')
     check_writable(directory)
     self.directory = directory
+    self.restore_directory = restore_directory or directory
+    self.classifier = classifier
     self.optimizer = optimizer
-    self._checkpoint = tf.train.Checkpoint(model=classifier, optimizer=optimizer)
+    rng = random_state(classifier)
+    self._checkpoint = tf.train.Checkpoint(model=classifier, optimizer=optimizer,
+                                           **({'rng': rng} if rng else {}))
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory,
                                                max_to_keep=max_to_keep)
 
@@ -49,7 +59,10 @@ class Checkpointer:
 
   def restore(self) -> int:
     """Restores the latest checkpoint if any; returns the global step (0 when starting fresh)."""
-    path = self.latest
+    if self.restore_directory == self.directory:
+      path = self.latest
+    else:
+      path = tf.train.latest_checkpoint(self.restore_directory)
     if path is None:
       return 0
     try:
@@ -67,6 +80,14 @@ class Checkpointer:
     step = self.step
     if self.latest is not None and self.latest.endswith(f'-{step}'):
       return self.latest
+    # A NaN or Inf can reach the weights while the loss stays finite (oneDNN's fused conv + ReLU
+    # turns a NaN activation into 0), so check what is about to be saved.
+    bad = [v.path for v in self.classifier.weights if not np.isfinite(v.numpy()).all()]
+    if bad:
+      raise NonFiniteWeightsError(
+          f'Weights {bad[:3]} became NaN or Inf by step {step}; stopping without saving them. The '
+          f'last good checkpoint ({self.latest}) is kept; lower the learning rate or check the '
+          f'input data.')
     try:
       path = self._manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as e:
@@ -76,6 +97,12 @@ class Checkpointer:
           f'{self.latest}.') from e
     logging.info('Saved checkpoint %s.', path)
     return path
+
+
+def random_state(model: keras.Model) -> list:
+  """The model's variables that are not weights: the states of its layers' seed generators."""
+  weights = {id(w) for w in model.weights}
+  return [v for v in model.variables if id(v) not in weights]
 
 
 def check_writable(directory: str) -> None:
@@ -112,6 +139,10 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or Inf loss."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+  """The weights became NaN or Inf (found when saving, even if the loss stayed finite)."""
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

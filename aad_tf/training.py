@@ -10,7 +10,9 @@ Everything a run writes lives in `config.model_dir` (see WORKSPACE.md):
     eval.json         the closing evaluation
 """
 
+import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -24,6 +26,7 @@ from absl import logging
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
+from aad_tf import distribute
 from aad_tf import models
 from aad_tf import summaries
 
@@ -56,6 +59,19 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints.
     keep_checkpoints: checkpoints kept.
     log_every: steps between scalar summaries.
+    pretrained_weights: local weights file to start from (models that take one: resnet50,
+      inception_v3).
+    image_size: input height and width for streamed datasets (ImageNet: 224); None: the
+      dataset's default.
+    manual_dir: where ImageNet's manual-download tar files are (see data.imagenet_builder).
+    mixed_precision: compute in bfloat16, keep variables in float32 ('mixed_bfloat16'). bfloat16
+      rather than float16: it needs no loss scaling (so no skipped steps that would shift the data
+      position of a resumed run) and keeps float32's range for Grad-CAM's inner gradient, which
+      no loss scale protects.
+    jit_compile: compile the train step with XLA; None lets Keras decide. XLA is off under
+      several replicas and under `deterministic` (see distribute.resolve_jit_compile).
+    deterministic: deterministic TF ops and seeds, so that a resumed run ends with the same
+      weights as an uninterrupted one.
   """
   model_dir: str
   dataset: str = 'mnist'
@@ -78,6 +94,12 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   log_every: int = 100
+  pretrained_weights: Optional[str] = None
+  image_size: Optional[int] = None
+  manual_dir: Optional[str] = None
+  mixed_precision: bool = False
+  jit_compile: Optional[bool] = None
+  deterministic: bool = False
 
   def __post_init__(self):
     def positive(name, integer=False):
@@ -91,8 +113,20 @@ class TrainConfig:
       raise ValueError(f"data_source must be 'auto', 'npz' or 'tfds', got {self.data_source!r}.")
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.')
-    if self.augment not in (None, 'pad_crop_flip'):
-      raise ValueError(f"augment must be empty or 'pad_crop_flip', got {self.augment!r}.")
+    streamed = self.dataset in data_lib.STREAMED_DATASETS
+    augmentations = data_lib.IMAGENET_AUGMENTATIONS if streamed else data_lib.AUGMENTATIONS
+    if self.augment not in augmentations:
+      raise ValueError(f'augment must be one of {augmentations} for {self.dataset}, got '
+                       f'{self.augment!r}.')
+    if self.image_size is not None:
+      if not streamed:
+        raise ValueError(f'image_size applies to streamed datasets '
+                         f'({data_lib.STREAMED_DATASETS}); {self.dataset} images are '
+                         f'{self.info.image_shape}.')
+      positive('image_size', integer=True)
+    if self.pretrained_weights and 'pretrained_weights' not in inspect.signature(
+        models.get_spec(self.model).builder).parameters:
+      raise ValueError(f'model {self.model!r} takes no pretrained_weights.')
     for name in ('batch_size', 'checkpoint_every', 'keep_checkpoints', 'log_every'):
       positive(name, integer=True)
     for name in ('epochs', 'learning_rate', 'lr_decay_rate', 'lr_decay_epochs'):
@@ -107,6 +141,12 @@ class TrainConfig:
   @property
   def info(self) -> data_lib.DatasetInfo:
     return data_lib.get_info(self.dataset)
+
+  @property
+  def image_shape(self) -> Tuple[int, int, int]:
+    """(H, W, C) of the classifier's input."""
+    shape = self.info.image_shape
+    return shape if self.image_size is None else (self.image_size, self.image_size, shape[-1])
 
   def steps_per_epoch(self, num_train: Optional[int] = None) -> int:
     """Steps per epoch for `num_train` examples (default: the standard train split)."""
@@ -125,16 +165,20 @@ def build_classifier(config: TrainConfig) -> Tuple[keras.Model, str]:
   """The classifier of `config` and the name of its Grad-CAM layer."""
   info = config.info
   kwargs = {'keep_prob': config.keep_prob} if config.model == 'lenet' else {}
-  classifier = models.get_model(config.model, input_shape=info.image_shape,
+  if config.pretrained_weights:
+    kwargs['pretrained_weights'] = config.pretrained_weights
+  classifier = models.get_model(config.model, input_shape=config.image_shape,
                                 num_classes=info.num_classes, **kwargs)
   return classifier, models.get_spec(config.model).gradcam_layer
 
 
-def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+def build_optimizer(config: TrainConfig, num_train: Optional[int] = None
+                    ) -> keras.optimizers.Optimizer:
+  """The optimizer; the learning rate decays every lr_decay_epochs epochs of num_train examples."""
   lr = config.learning_rate
   if config.lr_decay_rate != 1.0:
     lr = keras.optimizers.schedules.ExponentialDecay(
-        lr, decay_steps=max(1, int(config.lr_decay_epochs * config.steps_per_epoch())),
+        lr, decay_steps=max(1, int(config.lr_decay_epochs * config.steps_per_epoch(num_train))),
         decay_rate=config.lr_decay_rate, staircase=True)
   if config.optimizer == 'adam':
     return keras.optimizers.Adam(lr)
@@ -143,12 +187,33 @@ def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
   return keras.optimizers.RMSprop(lr, momentum=config.momentum, epsilon=1.0)
 
 
-def build_model(config: TrainConfig) -> defense_lib.AADModel:
-  classifier, layer = build_classifier(config)
-  model = defense_lib.AADModel(classifier, layer, config.defense)
-  model.compile(optimizer=build_optimizer(config))
-  model.optimizer.build(model.trainable_variables)
+def build_model(config: TrainConfig, num_train: Optional[int] = None,
+                strategy: Optional[tf.distribute.Strategy] = None) -> defense_lib.AADModel:
+  """The compiled AADModel of `config`, its variables created under `strategy` (default: none).
+
+  Its layers compute in bfloat16 when `config.mixed_precision` (variables stay float32).
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  jit = distribute.resolve_jit_compile(config.jit_compile, strategy, config.deterministic)
+  with strategy.scope(), _dtype_policy('mixed_bfloat16' if config.mixed_precision else None):
+    classifier, layer = build_classifier(config)
+    model = defense_lib.AADModel(classifier, layer, config.defense, seed=config.seed)
+    model.compile(optimizer=build_optimizer(config, num_train),
+                  jit_compile='auto' if jit is None else jit)
+    model.optimizer.build(model.trainable_variables)
   return model
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: Optional[str]):
+  """Sets Keras's global dtype policy to `name` (None: unchanged) while layers are built."""
+  previous = keras.config.dtype_policy()
+  if name is not None:
+    keras.config.set_dtype_policy(name)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
 
 
 def write_json(path: str, payload: Dict[str, Any]) -> None:
@@ -159,63 +224,134 @@ def write_json(path: str, payload: Dict[str, Any]) -> None:
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+class TrainingData:
+  """Where a run's training batches come from: in-memory Arrays, or a stream (ImageNet).
+
+  Args:
+    config: the run.
+    arrays: the dataset if already loaded (in-memory datasets only); else it is loaded from
+      config.data_dir, or, for streamed datasets, `data.imagenet_builder` opens (and if needed
+      prepares, offline) the TFDS directory.
+  """
+
+  def __init__(self, config: TrainConfig, arrays: Optional[data_lib.Arrays] = None):
+    self.config = config
+    self.arrays = None
+    self.builder = None
+    if config.dataset in data_lib.STREAMED_DATASETS:
+      if arrays is not None:
+        raise ValueError(f'{config.dataset} is streamed; pass no arrays.')
+      self.builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
+      self.num_train = int(self.builder.info.splits['train'].num_examples)
+    else:
+      self.arrays = arrays if arrays is not None else data_lib.load_arrays(
+          config.dataset, data_dir=config.data_dir, source=config.data_source,
+          download=config.download)
+      self.num_train = self.arrays.num_train
+
+  def distributed(self, strategy: tf.distribute.Strategy, *, start_step: int, num_steps: int):
+    """Global batches [start_step, start_step + num_steps), split over the replicas for fit."""
+    c = self.config
+    if self.builder is not None:
+      def replica_batches(context):
+        return data_lib.imagenet_train_dataset(
+            self.builder, batch_size=c.batch_size, seed=c.seed, num_steps=num_steps,
+            start_step=start_step, image_size=c.image_shape[0], augment=c.augment,
+            input_context=context)
+      return distribute.distribute_replica_batches(strategy, replica_batches,
+                                                   global_batch_size=c.batch_size)
+    return distribute.distribute_batches(
+        strategy, lambda: data_lib.train_dataset(
+            self.arrays, batch_size=c.batch_size, seed=c.seed, start_step=start_step,
+            num_steps=num_steps, augment=c.augment),
+        global_batch_size=c.batch_size)
+
+
 def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
-          callbacks=()) -> defense_lib.AADModel:
+          callbacks=(), strategy: Optional[tf.distribute.Strategy] = None
+          ) -> defense_lib.AADModel:
   """Trains (or resumes) the run of `config` up to its total step count.
 
   Args:
     config: the run.
-    arrays: the dataset, if already loaded (else loaded from config.data_dir).
+    arrays: the dataset, if already loaded (else loaded from config.data_dir; ImageNet is
+      streamed instead, see `TrainingData`).
     callbacks: extra Keras callbacks. Unless one is a `summaries.TrainSummaries` (trainers/main.py
       passes one that also draws activation maps), scalars are written every
       `config.log_every` steps to `<model_dir>/tensorboard`.
+    strategy: where to train (`distribute.create_strategy()`); default: TensorFlow's default
+      strategy (one device). The model is built in its scope and each replica gets its slice of
+      every global batch. Only the chief writes checkpoints, config.json and summaries (other
+      workers' `TrainSummaries` and `TensorBoard` callbacks are dropped).
 
   Returns:
     The trained AADModel (its `.classifier` is what gets exported).
+
+  Raises:
+    ValueError: a multi-worker strategy that Keras 3 `fit` cannot run (see distribute).
+    checkpointing.CheckpointError: the run directory is unwritable (at once) or a checkpoint
+      cannot be written (earlier checkpoints are kept).
+    checkpointing.NonFiniteLossError: the loss became NaN or Inf (the last good checkpoint is
+      kept).
   """
+  strategy = strategy or tf.distribute.get_strategy()
+  if (distribute.is_multi_worker(strategy) and
+      not isinstance(strategy, distribute.KerasMultiWorkerMirroredStrategy)):
+    raise ValueError('Keras 3 fit cannot run under a plain MultiWorkerMirroredStrategy '
+                     '(keras-team/keras#20585); use distribute.create_strategy().')
+  if config.deterministic:
+    distribute.enable_determinism(config.seed)
   keras.utils.set_random_seed(config.seed)
-  if arrays is None:
-    arrays = data_lib.load_arrays(config.dataset, data_dir=config.data_dir,
-                                  source=config.data_source, download=config.download)
-  model = build_model(config)
-  checkpointer = checkpointing.Checkpointer(os.path.join(config.model_dir, 'checkpoints'),
-                                            model.classifier, model.optimizer,
-                                            max_to_keep=config.keep_checkpoints)
-  start = checkpointer.restore()
-  total = config.total_steps(arrays.num_train)
-  per_epoch = config.steps_per_epoch(arrays.num_train)
-  write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
-  if start >= total:
-    logging.info('Run already complete (step %d of %d).', start, total)
-    return model
-  logging.info('Training %s/%s defense=%s aad=%s from step %d to %d (%d steps per epoch).',
-               config.dataset, config.model, config.defense.defense, config.defense.aad, start,
-               total, per_epoch)
-  all_callbacks = [
-      checkpointing.StopOnNonFinite(checkpointer),
-      checkpointing.CheckpointCallback(checkpointer, config.checkpoint_every),
-      *callbacks,
-  ]
-  if not any(isinstance(c, summaries.TrainSummaries) for c in callbacks):
-    all_callbacks.append(summaries.TrainSummaries(
-        summaries.log_dir(config.model_dir), scalar_every=config.log_every,
-        hparams=config.to_json()))
-  started = time.time()
-  step = start
-  while step < total:
-    # One fit call per epoch (or the remainder of an interrupted one), so the progress bar and
-    # epoch-level callbacks line up with real epochs and resume lands on the same batch.
-    epoch = step // per_epoch
-    steps = min(total, (epoch + 1) * per_epoch) - step
-    dataset = data_lib.train_dataset(arrays, batch_size=config.batch_size, seed=config.seed,
-                                     start_step=step, num_steps=steps, augment=config.augment)
-    model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
-              callbacks=all_callbacks, shuffle=False, verbose=1 if steps > 20 else 0)
-    step = checkpointer.step
-    if model.stop_training:  # a callback (e.g. overfitting.OverfitGuard) ended the run
-      logging.warning('Training stopped by a callback at step %d of %d.', step, total)
-      break
-  logging.info('Trained %d steps in %.1f s.', total - start, time.time() - started)
+  source = TrainingData(config, arrays)
+  chief = distribute.is_chief(strategy)
+  checkpoint_dir = os.path.join(config.model_dir, 'checkpoints')
+  if chief:
+    checkpointing.check_writable(checkpoint_dir)  # Before building anything.
+  logging.info('Strategy: %s.', distribute.describe(strategy))
+  model = build_model(config, source.num_train, strategy)
+  with distribute.worker_scratch_dir(strategy, checkpoint_dir) as write_dir:
+    checkpointer = checkpointing.Checkpointer(
+        write_dir, model.classifier, model.optimizer,
+        max_to_keep=config.keep_checkpoints if chief else 1, restore_directory=checkpoint_dir)
+    start = checkpointer.restore()
+    total = config.total_steps(source.num_train)
+    per_epoch = config.steps_per_epoch(source.num_train)
+    if chief:
+      write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+    if start >= total:
+      logging.info('Run already complete (step %d of %d).', start, total)
+      return model
+    logging.info('Training %s/%s defense=%s aad=%s from step %d to %d (%d steps per epoch).',
+                 config.dataset, config.model, config.defense.defense, config.defense.aad, start,
+                 total, per_epoch)
+    if not chief:
+      callbacks = [c for c in callbacks
+                   if not isinstance(c, (summaries.TrainSummaries, keras.callbacks.TensorBoard))]
+    all_callbacks = [
+        checkpointing.StopOnNonFinite(checkpointer),
+        checkpointing.CheckpointCallback(checkpointer, config.checkpoint_every),
+        *callbacks,
+    ]
+    if chief and not any(isinstance(c, summaries.TrainSummaries) for c in callbacks):
+      all_callbacks.append(summaries.TrainSummaries(
+          summaries.log_dir(config.model_dir), scalar_every=config.log_every,
+          hparams=config.to_json()))
+    started = time.time()
+    step = start
+    while step < total:
+      # One fit call per epoch (or the remainder of an interrupted one), so the progress bar and
+      # epoch-level callbacks line up with real epochs and resume lands on the same batch.
+      epoch = step // per_epoch
+      steps = min(total, (epoch + 1) * per_epoch) - step
+      dataset = source.distributed(strategy, start_step=step, num_steps=steps)
+      model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+                callbacks=all_callbacks, shuffle=False,
+                verbose=1 if (chief and steps > 20) else 0)
+      step = checkpointer.step
+      if model.stop_training:  # a callback (e.g. overfitting.OverfitGuard) ended the run
+        logging.warning('Training stopped by a callback at step %d of %d.', step, total)
+        break
+    logging.info('Trained %d steps in %.1f s.', step - start, time.time() - started)
   return model
 
 

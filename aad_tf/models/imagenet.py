@@ -9,7 +9,8 @@ a local file (`pretrained_weights`).
 ResNet50 (He et al. 2016, v1 bottleneck blocks [3, 4, 6, 3]): keras-cv's `ResNetBackbone` without
 input rescaling (inputs are already in [0, 1], as for keras-cv's ImageNet presets, which rescale
 0-255 inputs by 1/255), then global average pooling and a float32 fc layer. Grad-CAM layer: the
-last block's output `v2_stack_3_block3_out` (7x7x2048 at 224x224). `pretrained_weights` is a
+last block's output `v2_stack_3_block3_out` (7x7x2048 at 224x224). Its batch norms are made
+synchronized (global-batch statistics under a distribution strategy; plain on one device). `pretrained_weights` is a
 Keras weights file of the backbone (`ResNetBackbone.save_weights`, e.g. keras-cv's
 `resnet50_imagenet` preset `model.weights.h5` copied to local disk); the fc layer starts fresh.
 
@@ -72,6 +73,9 @@ def build_resnet50(input_shape, num_classes, *,
                                             input_shape=tuple(input_shape), name='resnet50_backbone')
   if path is not None:
     _load_weights(backbone, path, 'ResNet50 backbone')
+  for layer in backbone.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.synchronized = True  # Read at call time; keras-cv does not expose the argument.
   # Built on the backbone's own input and output tensors, the classifier is one flat graph: every
   # backbone layer, the Grad-CAM layer included, is a layer of the classifier.
   h = keras.layers.GlobalAveragePooling2D(name='avg_pool')(backbone.output)

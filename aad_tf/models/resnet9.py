@@ -6,7 +6,9 @@
     layer3  conv 512 -> maxpool 2 -> + residual(conv 512, conv 512)   4x4   [Grad-CAM layer]
     head    global max pool -> fc num_classes (no bias) -> x 0.125 (logits)
 
-Every "conv" is a 3x3 convolution without bias, batch norm and ReLU. The Grad-CAM layer is the
+Every "conv" is a 3x3 convolution without bias, batch norm and ReLU. Batch norm is synchronized:
+under a distribution strategy it normalises with the statistics of the global batch, so a step on
+several replicas equals the step on one device (on one device it is plain batch norm). The Grad-CAM layer is the
 output of the last residual block, a 4x4x512 map on 32x32 inputs (each cell covers 8x8 pixels).
 The logits layers run in float32 under a mixed-precision policy.
 """
@@ -22,7 +24,8 @@ BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1 in Keras's convention.
 def _conv_bn(x, filters: int, name: str):
   layers = keras.layers
   x = layers.Conv2D(filters, 3, padding='same', use_bias=False, name=f'{name}_conv')(x)
-  x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-5, name=f'{name}_bn')(x)
+  x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-5, synchronized=True,
+                                name=f'{name}_bn')(x)
   return layers.ReLU(name=f'{name}_relu')(x)
 
 
