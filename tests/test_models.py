@@ -134,3 +134,24 @@ def test_inception_v3_rescales_inputs_and_loads_its_weights(tmp_path):
   rebuilt = models.get_model('inception_v3', input_shape=(75, 75, 3), num_classes=5,
                              pretrained_weights=path)
   np.testing.assert_allclose(rebuilt(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_aad_training_step_runs_in_mixed_bfloat16(tmp_path):
+  from aad_tf import defense, training  # pylint: disable=g-import-not-at-top
+  config = training.TrainConfig(
+      model_dir=str(tmp_path), dataset='cifar10', model='resnet9', batch_size=4,
+      mixed_precision=True, defense=defense.DefenseConfig(
+          defense='madry', aad=True,
+          attack=defense.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=1)))
+  model = training.build_model(config, num_train=100)
+  assert keras.config.dtype_policy().name == 'float32'  # the global policy is restored
+  assert model.classifier.get_layer('layer1_conv').compute_dtype == 'bfloat16'
+  assert all(v.dtype == 'float32' for v in model.trainable_variables)
+  before = [v.numpy() for v in model.classifier.trainable_weights]
+  x = np.random.default_rng(5).uniform(size=(1, 4, 32, 32, 3)).astype(np.float32)
+  y = np.arange(4, dtype=np.int32)[None]
+  history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)), epochs=1, verbose=0).history
+  for name in ('loss', 'rect_loss', 'pres_loss'):
+    assert np.isfinite(history[name][0]), name
+  assert any(not np.array_equal(b, v.numpy())
+             for b, v in zip(before, model.classifier.trainable_weights))

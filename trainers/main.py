@@ -211,8 +211,7 @@ def create_strategy():
     strategy = distribute.create_strategy(FLAGS.devices)
   except ValueError as e:
     raise app.UsageError(f'--devices: {e}') from e
-  logging.info('Strategy: %s.', distribute.describe(strategy))
-  return strategy
+  return strategy  # training.train logs it
 
 
 def imagenet_sample(config: training.TrainConfig, num: int) -> data_lib.Arrays:
