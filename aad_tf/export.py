@@ -12,9 +12,10 @@
 
 Inputs:
   * shape and dtype are fixed by the signatures, and the shape is checked again inside the graph,
-    because TF Serving passes request tensors to the graph without comparing them with the
-    signature: a wrong shape fails with 'images must be float32 [N, 28, 28, 1] ...' instead of an
-    error deep inside a convolution;
+    because a loaded SavedModel's signature function (and possibly a model server) passes a
+    tensor of the wrong shape on to the graph without comparing it with the signature: a wrong
+    shape fails with 'images must be float32 [N, 28, 28, 1] ...' instead of an error deep inside a
+    convolution;
   * pixel values are expected in [0, 1] (scale 8-bit pixels by 1/255); values outside are clipped
     to [0, 1] before the classifier sees them, since it was trained on that range only;
   * NaN or Inf values are rejected with 'images must be finite'.

@@ -7,7 +7,7 @@
            write; train/learning_rate; train/steps_per_sec. Every `scalar_every` steps.
   images   attention/maps: a fixed panel of held-out images, their clean Grad-CAM and the Grad-CAM
            of their adversarial versions (PGD with the run's training attack) drawn over them, with
-           predicted class and confidence (see `aad_tf.figures.panel_figure`). At step 0, every
+           predicted class and confidence (`aad_tf.figures.panel_image`). At step 0, every
            `image_every` steps, and when a fit call ends. The step slider of the Images dashboard
            replays the paper's Fig. 6 evolution live.
   hparams  the run's hyperparameters (HParams dashboard), once when training starts.
@@ -17,7 +17,7 @@ HParams dashboard can compare runs of a sweep by robust accuracy.
 
 Steps are the optimizer's global step, so a resumed run continues its curves. Cost: reading the
 logs every `scalar_every` steps, and one compiled Grad-CAM + PGD call on the panel (a handful of
-images) and one matplotlib render (~0.3 s) every `image_every` steps.
+images) and one text-only matplotlib render of a NumPy mosaic every `image_every` steps.
 """
 
 import os
@@ -208,9 +208,9 @@ class TrainSummaries(keras.callbacks.Callback):
     started = time.time()
     panel = self._panel_maker()(self.images, self.labels)
     names = self.class_names or tuple(str(i) for i in range(panel.probs.shape[-1]))
-    png = figures.to_png(figures.panel_figure(panel, names, title=f'{self.run_name} - step {step}'))
+    image = figures.panel_image(panel, names, title=f'{self.run_name} - step {step}')
     with self._writer.as_default(step=step):
-      tf.summary.image(IMAGE_TAG, tf.image.decode_png(png, channels=3)[None],
+      tf.summary.image(IMAGE_TAG, image[None],
                        description='Top: held-out images. Middle: clean Grad-CAM. Bottom: '
                        f'Grad-CAM of the adversarial image ({panel.attack}). Under each map: '
                        'predicted class and confidence (green correct, red wrong).')
