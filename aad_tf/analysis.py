@@ -43,6 +43,7 @@ are NaN, left out of the means, and counted in the report (`degenerate_maps`).
 import contextlib
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import keras
@@ -510,7 +511,7 @@ def analyze(models: Sequence[AnalyzedModel], batches: Iterable[Batch], config: A
   acc = {m.name: _Accumulator(config) for m in models}
   examples = {'flipped': [], 'held': []}
   lime_examples = {'flipped': [], 'held': []}
-  offset = 0
+  offset, last_log = 0, time.time()
   for x, y, boxes in batches:
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
@@ -526,6 +527,9 @@ def analyze(models: Sequence[AnalyzedModel], batches: Iterable[Batch], config: A
     _keep_examples(examples, x, y, boxes, outs, [m.name for m in models], offset,
                    acc[models[0].name], num_figure_examples)
     offset += len(x)
+    if time.time() - last_log > 30:
+      last_log = time.time()
+      logging.info('Analysed %d images (LIME: %d).', offset, acc[models[0].name].lime_count)
   if not offset:
     raise ValueError('The data held no examples.')
   tables = {m.name: acc[m.name].tables() for m in models}

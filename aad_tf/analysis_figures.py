@@ -1,10 +1,11 @@
 """Figures of the attention analysis (`aad_tf.analysis`), in the style of the paper's Figs. 1-3, 10.
 
-  attention_figure   Figs. 1 / 3: per example, the image with its box, the clean map and the
+  attention_figure   Fig. 1: per example, the image with its box, the clean map and the
                      adversarial image's map; flipped (I_succeed) rows first, then held (I_fail)
   rounds_figure      Fig. 2: one row per example, the map after each iterative attack round
   lime_figure        Fig. 3: the image, its LIME mask and the adversarial image's LIME mask
-  comparison_figure  Sec. 5.5 / Fig. 10: per example, each model's map of its own adversarial image
+  comparison_figure  Sec. 5.5 / Fig. 10: per example, each model's clean map and the map of its
+                     own adversarial image
 
 Maps are Grad-CAM maps upsampled bilinearly to the image and scaled into [0, 1] per map, drawn with
 the 'jet' colormap at 45% opacity over the image; the ground-truth box is drawn in white. Figures
@@ -63,7 +64,7 @@ def _grid(rows: int, cols: int, title: str) -> Figure:
 
 def attention_figure(examples: Dict[str, List[Dict[str, Any]]], model: str, *,
                      class_names: Optional[Sequence[str]] = None) -> Figure:
-  """Figs. 1 / 3: rows of (image + box, clean map, adversarial map), flipped then held.
+  """Fig. 1: rows of (image + box, clean map, adversarial map), flipped then held.
 
   Args:
     examples: `Analysis.examples`: {'flipped': [...], 'held': [...]}.
@@ -136,20 +137,26 @@ def lime_figure(examples: Dict[str, List[Dict[str, Any]]], num_features: int, *,
 
 def comparison_figure(examples: Dict[str, List[Dict[str, Any]]], models: Sequence[str], *,
                       class_names: Optional[Sequence[str]] = None) -> Figure:
-  """Sec. 5.5 / Fig. 10: per example, the image, then each model's map of its adversarial image."""
+  """Sec. 5.5 / Fig. 10: per example, the image, then each model's clean and adversarial maps.
+
+  Each model is attacked on its own (its StepLL image); rows are flipped / held for the first.
+  """
   rows = [('flipped', e) for e in examples['flipped']] + [('held', e) for e in examples['held']]
   if not rows:
     raise ValueError('No examples to draw.')
-  figure = _grid(len(rows), len(models) + 1,
-                 'Adversarial maps across models (rows: flipped / held for the first model)')
-  axes = figure.subplots(len(rows), len(models) + 1, squeeze=False)
+  cols = 1 + 2 * len(models)
+  figure = _grid(len(rows), cols, 'Clean and StepLL maps across models (rows: flipped / held '
+                                  'for the first model)')
+  axes = figure.subplots(len(rows), cols, squeeze=False)
   for ax_row, (kind, e) in zip(axes, rows):
     _show(ax_row[0], e['x'], boxes=e['boxes'],
           title=f'#{e["index"]} {kind}: label {_name(e["label"], class_names)}')
-    for ax, name in zip(ax_row[1:], models):
+    for j, name in enumerate(models):
       m = e['models'][name]
-      _show(ax, m['x_adv'], m['cam_adv'], e['boxes'],
-            f'{name}: pred {_name(m["adv_pred"], class_names)} ({m["adv_confidence"]:.2f})')
+      _show(ax_row[1 + 2 * j], e['x'], m['cam'], e['boxes'],
+            f'{name} clean, p={m["confidence"]:.2f}')
+      _show(ax_row[2 + 2 * j], m['x_adv'], m['cam_adv'], e['boxes'],
+            f'{name} adv: pred {_name(m["adv_pred"], class_names)} ({m["adv_confidence"]:.2f})')
   return figure
 
 

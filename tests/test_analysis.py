@@ -17,6 +17,7 @@ from aad_tf import boxed_digits
 from aad_tf import data as data_lib
 from aad_tf import imagenet_boxes
 from aad_tf import models
+from aad_tf import training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -280,8 +281,8 @@ def test_tool_end_to_end(tmp_path, shared_data_dir):
   # A run directory as trainers.main leaves it, restored from its checkpoint ...
   run = tmp_path / 'raw'
   (run / 'checkpoints').mkdir(parents=True)
-  (run / 'config.json').write_text(json.dumps(
-      {'dataset': 'boxed_mnist', 'model': 'lenet', 'keep_prob': 0.5}))
+  config = training.TrainConfig(model_dir=str(run), dataset='boxed_mnist', model='lenet')
+  training.write_json(str(run / 'config.json'), config.to_json())
   checkpoint = tf.train.Checkpoint(model=_small_model(0, shape))
   tf.train.CheckpointManager(checkpoint, str(run / 'checkpoints'), 1).save(checkpoint_number=7)
   # ... and one with only its export.

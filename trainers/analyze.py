@@ -4,8 +4,9 @@ r"""The paper's Sec. 3 attention data analysis of a trained model on images with
       --output_dir=/tmp/boxed_raw/analysis
   python -m trainers.analyze --model_dir=/tmp/boxed_raw \
       --compare_model_dirs=/tmp/boxed_madry,/tmp/boxed_madry_aad --data_dir=../shared/data
-  python -m trainers.analyze --model=resnet50 --pretrained_weights=/path/resnet50.weights.h5 \
-      --dataset=imagenet --imagenet_dir=/data/imagenet --num_examples=5000 --grid=0
+  python -m trainers.analyze --model=inception_v3 --dataset=imagenet --imagenet_dir=/data/imagenet \
+      --pretrained_weights=/data/inception_v3_weights_tf_dim_ordering_tf_kernels.h5 \
+      --num_examples=5000 --output_dir=/tmp/inception_analysis
 
 Keeps the correctly classified images (I_att), attacks each with StepLL at --eps, splits them into
 I_succeed / I_fail and writes to --output_dir: analysis.json (every table, per model),
@@ -14,9 +15,14 @@ analysis.md (the tables in the paper's layout), records.npz (per-example values)
 the definitions (grids, IoU, kappa) and aad_tf/imagenet_boxes.py for the ImageNet file layout.
 
 A --model_dir is a run of trainers.main: its config.json names the dataset and backbone; the
-weights come from export/model.keras if present, else from the latest checkpoint.
+weights come from export/model.keras if present, else from the latest checkpoint. With --model,
+--pretrained_weights is a whole .keras model or a weights file (the ImageNet backbones load it
+themselves: a whole InceptionV3 as in the paper's analysis; resnet50's file holds only its
+backbone, so it needs a trained run instead). --dataset=imagenet reads the validation images and
+box XML files from --imagenet_dir (layout: aad_tf/imagenet_boxes.py), not the TFDS pipeline.
 """
 
+import inspect
 import json
 import os
 
@@ -33,6 +39,7 @@ from aad_tf import boxed_digits
 from aad_tf import data as data_lib
 from aad_tf import imagenet_boxes
 from aad_tf import models
+from aad_tf import training
 
 FLAGS = flags.FLAGS
 
@@ -60,9 +67,9 @@ def define_flags() -> None:
   flags.DEFINE_enum('data_source', 'auto', ['auto', 'npz', 'tfds'], 'Where to read MNIST.')
   flags.DEFINE_string('imagenet_dir', None,
                       'ImageNet directory with val/, val_boxes/, synsets.txt (imagenet).')
-  flags.DEFINE_integer('image_size', 224,
-                       'ImageNet input side the backbone is built with (a .keras model keeps its '
-                       'own).', lower_bound=1)
+  flags.DEFINE_integer('image_size', None,
+                       'ImageNet input side for --model (default: 299 inception_v3, else 224).',
+                       lower_bound=1)
   flags.DEFINE_integer('num_examples', None,
                        'Analyse the first N images (default: the boxed_mnist test split, 2000; '
                        'all annotated ImageNet images).', lower_bound=1)
@@ -94,45 +101,46 @@ def define_flags() -> None:
   flags.DEFINE_string('output_dir', None, 'Where to write (default: <model_dir>/analysis).')
 
 
-def read_run_config(model_dir: str) -> dict:
-  path = os.path.join(model_dir, 'config.json')
-  if not os.path.isfile(path):
-    raise app.UsageError(f'{path} not found: is {model_dir} a trainers.main --model_dir?')
-  with open(path) as f:
-    return json.load(f)
+def run_config(model_dir: str) -> training.TrainConfig:
+  try:
+    return training.load_config(model_dir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
-def load_run(model_dir: str, input_shape, num_classes: int) -> analysis.AnalyzedModel:
+def load_run(model_dir: str) -> analysis.AnalyzedModel:
   """The classifier of a trainers.main run: export/model.keras, else the latest checkpoint."""
-  config = read_run_config(model_dir)
-  layer = models.get_spec(config['model']).gradcam_layer
+  config = run_config(model_dir)
+  layer = models.get_spec(config.model).gradcam_layer
   name = os.path.basename(os.path.normpath(model_dir))
   exported = os.path.join(model_dir, 'export', 'model.keras')
   if os.path.isfile(exported):
     classifier = keras.models.load_model(exported, safe_mode=True, compile=False)
     logging.info('%s: loaded %s.', name, exported)
   else:
-    kwargs = {'keep_prob': config['keep_prob']} if config['model'] == 'lenet' else {}
-    classifier = models.get_model(config['model'], input_shape=input_shape,
-                                  num_classes=num_classes, **kwargs)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
-    if latest is None:
-      raise app.UsageError(f'{model_dir} has neither export/model.keras nor a checkpoint.')
-    tf.train.Checkpoint(model=classifier).restore(latest).expect_partial()
-    logging.info('%s: restored %s.', name, latest)
+    try:
+      classifier, layer, step = training.restore_classifier(config)
+    except ValueError as e:
+      raise app.UsageError(f'{model_dir}: no export/model.keras, and {e}') from e
+    logging.info('%s: restored its checkpoint of step %d.', name, step)
   return analysis.AnalyzedModel(name, classifier, layer)
 
 
 def load_pretrained(name: str, weights: str, input_shape, num_classes: int
                     ) -> analysis.AnalyzedModel:
-  layer = models.get_spec(name).gradcam_layer
+  """--model with --pretrained_weights: a whole .keras model, or a weights file."""
+  spec = models.get_spec(name)
   if weights.endswith('.keras'):
     classifier = keras.models.load_model(weights, safe_mode=True, compile=False)
+  elif 'pretrained_weights' in inspect.signature(spec.builder).parameters:
+    # ImageNet backbones load their own weights file (see aad_tf/models/imagenet.py).
+    classifier = models.get_model(name, input_shape=input_shape, num_classes=num_classes,
+                                  pretrained_weights=weights)
   else:
     classifier = models.get_model(name, input_shape=input_shape, num_classes=num_classes)
     classifier.load_weights(weights)
   logging.info('Loaded %s weights from %s.', name, weights)
-  return analysis.AnalyzedModel(name, classifier, layer)
+  return analysis.AnalyzedModel(name, classifier, spec.gradcam_layer)
 
 
 def int_list(name: str):
@@ -149,8 +157,7 @@ def main(argv):
     raise app.UsageError('Give either --model_dir or --model (with --pretrained_weights).')
   if FLAGS.model and not FLAGS.pretrained_weights:
     raise app.UsageError('--model needs --pretrained_weights.')
-  dataset = FLAGS.dataset or (read_run_config(FLAGS.model_dir)['dataset'] if FLAGS.model_dir
-                              else None)
+  dataset = FLAGS.dataset or (run_config(FLAGS.model_dir).dataset if FLAGS.model_dir else None)
   if dataset not in DATASETS:
     raise app.UsageError(f'--dataset must be one of {DATASETS} (images with boxes), got '
                          f'{dataset!r}.')
@@ -192,15 +199,14 @@ def main(argv):
                            'aad_tf/imagenet_boxes.py).')
     annotations = imagenet_boxes.read_annotations(FLAGS.imagenet_dir,
                                                   num_examples=FLAGS.num_examples)
-    input_shape = (FLAGS.image_size, FLAGS.image_size, 3)
-    num_classes, class_names = 1000, None
+    size = FLAGS.image_size or (299 if FLAGS.model == 'inception_v3' else 224)
+    input_shape, num_classes, class_names = (size, size, 3), 1000, None
 
   if FLAGS.model_dir:
-    primary = load_run(FLAGS.model_dir, input_shape, num_classes)
+    primary = load_run(FLAGS.model_dir)
   else:
     primary = load_pretrained(FLAGS.model, FLAGS.pretrained_weights, input_shape, num_classes)
-  compared = [load_run(d, primary.classifier.input_shape[1:], num_classes)
-              for d in FLAGS.compare_model_dirs]
+  compared = [load_run(d) for d in FLAGS.compare_model_dirs]
   if dataset == 'imagenet':
     size = primary.classifier.input_shape[1:3]
     batches = lambda: imagenet_boxes.batches(annotations, image_size=size,
