@@ -155,3 +155,21 @@ def test_two_workers_train_to_identical_weights(tmp_path):
   assert 'ckpt-2.index' in kept and 'ckpt-3.index' in kept
   assert (model_dir / 'config.json').exists()
   assert not list(scratch.glob('aad_worker*'))
+
+
+def test_main_trains_exports_and_evaluates_on_two_devices(tmp_path, shared_data_dir):
+  """trainers.main --devices=cpu:0,cpu:1: mirrored variables through checkpoint, export, eval."""
+  model_dir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'trainers.main', '--flagfile=flags/mnist_madry_aad.cfg',
+       f'--data_dir={shared_data_dir}', f'--model_dir={model_dir}', '--devices=cpu:0,cpu:1',
+       '--train_steps=2', '--batch_size=8', '--train_num_steps=1', '--eval_examples=16',
+       '--eval_attacks=clean', '--checkpoint_every=1', '--summary_images=0'],
+      cwd=WORKER.parents[1], env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+      capture_output=True, text=True, timeout=TIMEOUT)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert 'MirroredStrategy with 2 replica(s)' in result.stderr
+  for path in ('checkpoints/ckpt-2.index', 'export/saved_model/saved_model.pb',
+               'export/model.keras', 'eval.json'):
+    assert (model_dir / path).exists(), path
+  assert json.loads((model_dir / 'eval.json').read_text())['num_examples'] == 16
