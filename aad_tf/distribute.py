@@ -112,7 +112,8 @@ def create_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
     cpus = [int(d.rsplit(':', 1)[1]) for d in devices if ':CPU:' in d]
     if cpus and max(cpus) > 0:
       _ensure_logical_cpus(max(cpus) + 1)
-    known = {normalize_device(d.name) for d in tf.config.list_logical_devices()}
+    known = {normalize_device(d.name) for d in tf.config.list_logical_devices()
+             if d.device_type in ('CPU', 'GPU', 'TPU')}
     missing = [d for d in devices if d not in known]
     if missing:
       raise ValueError(f'Unknown devices {missing}; this host has {sorted(known)}.')
