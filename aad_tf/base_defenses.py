@@ -35,7 +35,8 @@ TRADES_INIT_STD = 0.001  # Zhang et al.'s start: x + 0.001 * N(0, I)
 # Attacks and loss terms.
 
 def single_step(model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor, *, eps: float,
-                method: str = 'stepll', random_step: float = 0.0) -> tf.Tensor:
+                method: str = 'stepll', random_step: float = 0.0,
+                seed: Optional[tf.Tensor] = None) -> tf.Tensor:
   """A single-step training attack, optionally after Tramer et al.'s random step.
 
   With a = random_step * eps: x' = clip(x + a * sign(N(0, I))), then one step of size eps - a from
@@ -46,9 +47,10 @@ def single_step(model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor, *, eps: f
     model_fn: x -> logits [B, C], inference mode.
     x: images [B, H, W, C] in [0, 1].
     y: int labels [B] (unused by 'stepll').
-    eps: L-inf radius in [0, 1].
+    eps: L-inf radius in [0, 1] (a Python number, or a scalar tensor during an eps warm-up).
     method: 'stepll' or 'fgsm'.
     random_step: a / eps in [0, 1) (Tramer et al.: 0.5).
+    seed: optional stateless seed [2] for the random step (else a stateful draw).
 
   Returns:
     Adversarial images [B, H, W, C], within eps of x and in [0, 1], without gradient.
@@ -60,9 +62,12 @@ def single_step(model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor, *, eps: f
   x = tf.convert_to_tensor(x)
   alpha = random_step * eps
   start = x
-  if alpha > 0:
-    start = attacks.project(x + alpha * tf.sign(tf.random.normal(tf.shape(x), dtype=x.dtype)),
-                            x, eps)
+  if random_step > 0:
+    if seed is None:
+      noise = tf.random.normal(tf.shape(x), dtype=x.dtype)
+    else:
+      noise = tf.random.stateless_normal(tf.shape(x), seed, dtype=x.dtype)
+    start = attacks.project(x + alpha * tf.sign(noise), x, eps)
   if method == 'stepll':
     x_adv = attacks.stepll(model_fn, start, eps=eps - alpha)
   else:
@@ -221,7 +226,7 @@ class StepLLDefense(defense_lib.BaseDefense):
 
   def craft(self, model_fn, x, y, config):
     return single_step(model_fn, x, y, eps=config.attack.eps, method='stepll',
-                       random_step=config.stepll_random_step)
+                       random_step=config.stepll_random_step, seed=self.step_seed())
 
   def loss(self, y, clean_logits, adv_logits, config):
     return _half_clean_half_adversarial(y, clean_logits, adv_logits, config)
@@ -252,10 +257,12 @@ class EnsembleDefense(defense_lib.BaseDefense):
 
   def bind(self, model):
     classifier = model.classifier
-    static = load_static_models(model.config.ensemble_models,
-                                input_shape=classifier.inputs[0].shape[1:],
-                                num_classes=classifier.outputs[0].shape[-1])
-    return EnsembleDefense(static, step_fn=lambda: model.optimizer.iterations)
+    bound = super().bind(model)
+    bound.static_models = tuple(load_static_models(
+        model.config.ensemble_models, input_shape=classifier.inputs[0].shape[1:],
+        num_classes=classifier.outputs[0].shape[-1]))
+    bound._step_fn = lambda: model.optimizer.iterations
+    return bound
 
   def craft(self, model_fn, x, y, config):
     if not self.static_models or self._step_fn is None:
@@ -264,7 +271,8 @@ class EnsembleDefense(defense_lib.BaseDefense):
     sources = [model_fn] + [static for static in self.static_models]
     branches = [functools.partial(single_step, source, x, y, eps=config.attack.eps,
                                   method=config.ensemble_attack,
-                                  random_step=config.stepll_random_step)
+                                  random_step=config.stepll_random_step,
+                                  seed=self.step_seed())
                 for source in sources]
     index = tf.cast(tf.math.floormod(self._step_fn(), len(sources)), tf.int32)
     return tf.switch_case(index, branches)
@@ -279,7 +287,8 @@ class TradesDefense(defense_lib.BaseDefense):
 
   def craft(self, model_fn, x, y, config):
     a = config.attack
-    return trades_attack(model_fn, x, eps=a.eps, step_size=a.step_size, num_steps=a.num_steps)
+    return trades_attack(model_fn, x, eps=a.eps, step_size=a.step_size, num_steps=a.num_steps,
+                         seed=self.step_seed())
 
   def loss(self, y, clean_logits, adv_logits, config):
     natural = losses.classification(y, clean_logits, config.classification_loss)

@@ -137,6 +137,18 @@ def test_random_step_lands_on_the_ball_or_the_centre():
   np.testing.assert_allclose(np.abs(plain - x), EPS, atol=1e-6)
 
 
+def test_seeded_random_draws_repeat():
+  fn, _, _ = linear_model()
+  x = tf.constant(images())
+  seed = tf.constant([3, 4], tf.int64)
+  step = lambda s: base_defenses.single_step(fn, x, None, eps=EPS, random_step=0.5, seed=s)
+  np.testing.assert_array_equal(step(seed).numpy(), step(seed).numpy())
+  assert not np.array_equal(step(seed).numpy(), step(seed + 1).numpy())
+  trades = lambda s: base_defenses.trades_attack(fn, x, eps=EPS, step_size=0.05, num_steps=2,
+                                                 seed=s)
+  np.testing.assert_array_equal(trades(seed).numpy(), trades(seed).numpy())
+
+
 def test_trades_attack_raises_kl_and_stays_in_ball():
   fn, _, _ = linear_model()
   x = tf.constant(images())
@@ -249,3 +261,18 @@ def test_one_train_step_updates_weights_with_finite_losses(name, aad, static_pat
   changed = [not np.allclose(b, a.numpy()) for b, a in zip(before, classifier.trainable_weights)]
   assert all(changed)
   assert int(model.optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize('name', ['stepll', 'ensemble', 'trades'])
+def test_train_step_under_eps_warmup(name, static_path):
+  # During a warm-up eps is a tensor inside the compiled step: no Python branching on it.
+  attack = defense_lib.AttackConfig(eps=EPS, step_size=0.1, num_steps=2, warmup_steps=4)
+  config = defense_lib.DefenseConfig(
+      defense=name, attack=attack, stepll_random_step=0.5,
+      ensemble_models=(static_path,) if name == 'ensemble' else ())
+  model = defense_lib.AADModel(tiny_classifier(seed=2), 'gradcam', config, seed=1)
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  history = model.fit(images(n=8, seed=6), np.arange(8) % CLASSES, batch_size=4, epochs=1,
+                      verbose=0)
+  assert all(np.isfinite(v[-1]) for v in history.history.values())
+  assert int(model.optimizer.iterations.numpy()) == 2
