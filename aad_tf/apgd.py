@@ -63,6 +63,11 @@ def _intervals(num_steps: int):
           max(int(P_MIN * num_steps), 1))
 
 
+def _full_precision(logits: tf.Tensor) -> tf.Tensor:
+  logits = tf.convert_to_tensor(logits)
+  return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
+
+
 def dlr_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
   """Untargeted DLR loss [B]: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12).
 
@@ -70,10 +75,10 @@ def dlr_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     logits: [B, K] with K >= 3.
     labels: int [B].
   """
-  logits = tf.cast(logits, tf.float32)
+  logits = _full_precision(logits)
   top = tf.math.top_k(logits, k=3).values  # [B, 3], descending
   correct = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
-  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
   other = tf.reduce_max(logits - 1e9 * onehot, axis=-1)
   return -(correct - other) / (top[:, 0] - top[:, 2] + 1e-12)
 
@@ -86,7 +91,7 @@ def dlr_targeted_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) 
     labels: int [B], the true classes y.
     targets: int [B], the target classes t.
   """
-  logits = tf.cast(logits, tf.float32)
+  logits = _full_precision(logits)
   top = tf.math.top_k(logits, k=4).values
   correct = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
   target = tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1)
@@ -113,8 +118,20 @@ def _expand(v: tf.Tensor) -> tf.Tensor:
   return v[:, None, None, None]
 
 
-def _single_run(loss_fn, model_fn, x, y, *, eps, num_steps, seed):
-  """One APGD run from a random start. Returns (x_out, fooled [B], best loss [B])."""
+def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
+  """One APGD run from `x_start` (no restarts); the building block of `apgd`.
+
+  Args:
+    loss_fn: logits [B, K] -> per-example loss [B] to ascend.
+    model_fn: x -> logits.
+    x, y: clean images [B, H, W, C] and int labels [B].
+    x_start: the starting point [B, H, W, C], inside the ball.
+    eps, num_steps: as for `apgd`.
+
+  Returns:
+    (x_out [B, H, W, C], fooled bool [B], best loss [B]).
+  """
+  eps = attacks_lib.check_eps(eps)
   first, decay, minimum = _intervals(num_steps)
 
   def value_and_grad(x_adv):
@@ -128,7 +145,6 @@ def _single_run(loss_fn, model_fn, x, y, *, eps, num_steps, seed):
     fooled = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
     return loss, grad, fooled
 
-  x_start = _random_start(x, eps, seed)
   loss, grad, fooled = value_and_grad(x_start)
   batch = tf.shape(x)[0]
   state = dict(
@@ -144,7 +160,7 @@ def _single_run(loss_fn, model_fn, x, y, *, eps, num_steps, seed):
       reduced_last_check=tf.ones([batch], tf.bool))
 
   def body(s):
-    a = tf.where(s['i'] > 0, MOMENTUM, 1.0)
+    a = tf.cast(tf.where(s['i'] > 0, MOMENTUM, 1.0), x.dtype)
     momentum_dir = s['x_adv'] - s['x_prev']
     z = attacks_lib.project(s['x_adv'] + _expand(s['step']) * tf.sign(s['grad']), x, eps)
     x_new = attacks_lib.project(s['x_adv'] + a * (z - s['x_adv']) + (1.0 - a) * momentum_dir,
@@ -235,9 +251,8 @@ def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 10
     loss_fn = lambda logits: dlr_loss(logits, y)
 
   def run(r):
-    restart_seed = tf.random.experimental.stateless_fold_in(base_seed, r)
-    x_adv, fooled, _ = _single_run(loss_fn, model_fn, x, y, eps=eps, num_steps=num_steps,
-                                   seed=restart_seed)
+    start = _random_start(x, eps, tf.random.experimental.stateless_fold_in(base_seed, r))
+    x_adv, fooled, _ = apgd_run(loss_fn, model_fn, x, y, start, eps=eps, num_steps=num_steps)
     return x_adv, fooled
 
   return tf.stop_gradient(_over_restarts(run, num_restarts))
@@ -273,8 +288,8 @@ def apgd_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps:
   def run(j):
     targets = tf.cast(ranking[:, j + 1], tf.int32)
     loss_fn = lambda logits: dlr_targeted_loss(logits, y, targets)
-    x_adv, fooled, _ = _single_run(loss_fn, model_fn, x, y, eps=eps, num_steps=num_steps,
-                                   seed=tf.random.experimental.stateless_fold_in(base_seed, j))
+    start = _random_start(x, eps, tf.random.experimental.stateless_fold_in(base_seed, j))
+    x_adv, fooled, _ = apgd_run(loss_fn, model_fn, x, y, start, eps=eps, num_steps=num_steps)
     return x_adv, fooled
 
   return tf.stop_gradient(_over_restarts(run, num_target_classes))

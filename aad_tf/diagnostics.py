@@ -156,8 +156,8 @@ def _spec(dataset):
 
 def sweep_eps_values(eps: float) -> List[float]:
   """eps, 2 eps, 4 eps and 1 (every image reachable), those in (0, 1], increasing."""
-  values = {round(min(f * eps, 1.0), 6) for f in (1, 2, 4)} | {1.0}
-  return sorted(v for v in values if v > 0)
+  values = {round(v, 9): v for v in (eps, min(2 * eps, 1.0), min(4 * eps, 1.0), 1.0) if v > 0}
+  return sorted(values.values())
 
 
 def eps_sweep(model_fn, dataset, *, eps_values: Sequence[float], num_steps: int = 20,

@@ -36,7 +36,7 @@ import dataclasses
 import re
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -57,12 +57,6 @@ STRONG_ATTACKS = ('apgd_ce', 'apgd_dlr', 'square', 'adaptive')
 ALL_ATTACKS = PAPER_GRID + A3_ATTACKS + STRONG_ATTACKS
 WORST_CASE = 'worst_case'
 
-_HEADERS = {'clean': 'Clean', 'fgsm': 'FGSM', 'stepll': 'StepLL', 'stepll_a3': 'StepLL+A^3',
-            'iter_stepll': 'Iter-StepLL', 'iter_stepll_a3': 'Iter-StepLL+A^3',
-            'pgd_a3': 'PGD+A^3', 'apgd_ce': 'APGD-CE', 'apgd_dlr': 'APGD-DLR',
-            'apgd_t': 'APGD-T', 'square': 'Square', 'adaptive': 'Adaptive',
-            WORST_CASE: 'Worst case'}
-
 _ITERATIVE = re.compile(r'(pgd|cw|iter_stepll)(\d+)(?:_r(\d+))?')
 
 ModelFn = attacks_lib.ModelFn
@@ -71,18 +65,6 @@ ModelFn = attacks_lib.ModelFn
 def pgd_step_size(eps: float, num_steps: int) -> float:
   """Madry et al.'s step size for k-step PGD: 2.5 * eps / k."""
   return 2.5 * eps / max(int(num_steps), 1)
-
-
-def header(name: str) -> str:
-  """The table header of an attack name (`pgd40` -> `PGD40`, `pgd_a3` -> `PGD+A^3`)."""
-  if name in _HEADERS:
-    return _HEADERS[name]
-  match = _ITERATIVE.fullmatch(name)
-  if match:
-    kind, k, restarts = match.groups()
-    base = {'pgd': 'PGD', 'cw': 'CW', 'iter_stepll': 'Iter-StepLL'}[kind] + k
-    return f'{base}x{restarts}' if restarts else base
-  return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,63 +464,61 @@ def evaluate(model: Union[Target, keras.Model], dataset: tf.data.Dataset,
 # ---------------------------------------------------------------------------------------------
 # Tables.
 
-_SECTIONS = (
-    ('Paper grid (Table 6 layout)', lambda n: n in PAPER_GRID),
-    ('A^3 (Table 7 layout)', lambda n: n in A3_ATTACKS),
-    ('Strong and adaptive attacks', lambda n: True),
-)
+def _section(name: str) -> int:
+  """0: the paper grid (clean, fgsm, pgd<k>, cw<k>), 1: the A^3 pairs, 2: everything else."""
+  if name in ('clean', 'fgsm') or re.fullmatch(r'(pgd|cw)\d+', name):
+    return 0
+  if name in A3_ATTACKS or re.fullmatch(r'iter_stepll\d+', name):
+    return 1
+  return 2
 
 
-def _table(columns: Sequence[Tuple[str, str]], rows: Sequence[Tuple[str, Sequence[str]]]
-           ) -> str:
-  lines = ['| | ' + ' | '.join(h for h, _ in columns) + ' |',
-           '|---|' + '---|' * len(columns)]
-  for row_name, cells in rows:
-    lines.append(f'| {row_name} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+def _grid_key(name: str):
+  """Paper order: clean, fgsm, then PGD and CW by increasing steps."""
+  match = re.fullmatch(r'(pgd|cw)(\d+)', name)
+  if match:
+    return (2 if match.group(1) == 'pgd' else 3, int(match.group(2)))
+  return (0 if name == 'clean' else 1, 0)
 
 
-def _ordered(report: Report) -> List[str]:
-  """The attacks in table order: the paper grid, the A^3 pairs, then the rest as run."""
-  names = list(report.accuracy)
-  order = {name: i for i, name in enumerate(PAPER_GRID + A3_ATTACKS)}
-  grid = sorted([n for n in names if n in order], key=order.get)
-  return grid + [n for n in names if n not in order]
+_SECTION_TITLES = ('Paper grid (Table 6 layout)', 'A^3 next to the plain attacks (Table 7 layout)',
+                   'Strong, adaptive and gradient-free attacks')
+
+
+def _table(columns: Sequence[str], row_name: str, values: Mapping[str, float]) -> str:
+  return '\n'.join(['| | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns),
+                    f'| {row_name} | ' + ' | '.join(f'{100 * values[n]:.2f}' for n in columns)
+                    + ' |'])
 
 
 def format_table(report: Report, row_name: str = 'model') -> str:
-  """Markdown tables, accuracies in percent: one per group of attacks, worst case last.
+  """Markdown tables, accuracies in percent, columns named by the attack names.
 
-  Groups: the paper grid (Table 6), the A^3 pairs (Table 7; `pgd_a3` sits next to the plain PGD
-  with the same steps when that was run), the strong and adaptive attacks. A single group gives a
-  single table.
+  The attacks are grouped as in the paper: the grid (Table 6: clean, fgsm, pgd<k>, cw<k>), the
+  A^3 pairs (Table 7; `pgd_a3` sits next to the plain PGD with the same steps when that was run)
+  and the strong attacks; `worst_case` ends the last table. One group gives one table, without a
+  title. Skipped attacks and the gradient-masking diagnostics follow.
   """
-  names = _ordered(report)
-  remaining = list(names)
-  groups = []
-  for title, member in _SECTIONS:
-    group = [n for n in remaining if member(n)]
-    remaining = [n for n in remaining if n not in group]
-    if group:
-      groups.append((title, group))
+  sections = [[], [], []]
+  for name in report.accuracy:
+    sections[_section(name)].append(name)
+  sections[0].sort(key=_grid_key)
+  a3_order = {n: i for i, n in enumerate(A3_ATTACKS)}
+  sections[1].sort(key=lambda n: a3_order.get(n, len(a3_order)))
+  a3_steps = report.params.get('pgd_a3', {}).get('num_steps')
+  if a3_steps and 'pgd_a3' in sections[1] and f'pgd{a3_steps}' in report.accuracy:
+    sections[1].insert(sections[1].index('pgd_a3'), f'pgd{a3_steps}')
+  groups = [(title, names) for title, names in zip(_SECTION_TITLES, sections) if names]
   if not groups:
-    groups = [('', [])]
-  # pgd_a3 pairs with the plain PGD of the same step count (paper Table 7: PGD | PGD+A^3).
-  a3_pair = report.params.get('pgd_a3', {}).get('num_steps')
+    groups = [(_SECTION_TITLES[0], [])]
+  values = {**report.accuracy, WORST_CASE: report.worst_case}
   blocks = []
-  for index, (title, group) in enumerate(groups):
-    columns = list(group)
-    if title.startswith('A^3') and a3_pair and f'pgd{a3_pair}' in report.accuracy:
-      columns.insert(columns.index('pgd_a3'), f'pgd{a3_pair}')
-    if index == len(groups) - 1:
-      columns.append(WORST_CASE)
-    values = {**report.accuracy, WORST_CASE: report.worst_case}
-    cells = [f'{100 * values[n]:.2f}' for n in columns]
-    table = _table([(header(n), n) for n in columns], [(row_name, cells)])
+  for index, (title, names) in enumerate(groups):
+    columns = names + ([WORST_CASE] if index == len(groups) - 1 else [])
+    table = _table(columns, row_name, values)
     blocks.append(f'{title}\n\n{table}' if len(groups) > 1 else table)
   if report.skipped:
-    blocks.append('Skipped: ' + '; '.join(f'{header(n)} ({why})'
-                                         for n, why in report.skipped.items()))
+    blocks.append('Skipped: ' + '; '.join(f'{n} ({why})' for n, why in report.skipped.items()))
   if report.diagnostics:
     blocks.append(format_diagnostics(report.diagnostics))
   return '\n\n'.join(blocks)

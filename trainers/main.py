@@ -97,7 +97,7 @@ def define_flags() -> None:
                        'Held-out test images in the TensorBoard activation-map panel (0: none).',
                        lower_bound=0)
   flags.DEFINE_list('eval_attacks', ['clean', 'fgsm', 'pgd20'],
-                    'Closing evaluation attacks (clean, fgsm, stepll, pgd<k>, cw<k>).')
+                    'Closing evaluation attacks (names as in trainers.evaluate --attacks).')
   flags.DEFINE_float('eval_eps', None, 'Evaluation eps (default: 0.3 MNIST, 8/255 CIFAR-10).',
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('eval_batch_size', 500, 'Evaluation batch size.', lower_bound=1)
@@ -262,7 +262,8 @@ def main(argv):
   eps = eval_eps()
   report = evaluation.evaluate(classifier, dataset,
                                evaluation.standard_attacks(FLAGS.eval_attacks, eps=eps,
-                                                           seed=config.seed))
+                                                           seed=config.seed),
+                               gradcam_layer=layer, seed=config.seed)
   table = evaluation.format_table(report, row_name=os.path.basename(config.model_dir.rstrip('/')))
   logging.info('Closing evaluation (eps %.4f):\n%s', eps, table)
   print(table)

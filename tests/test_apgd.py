@@ -1,0 +1,190 @@
+"""APGD against the paper's schedule, a NumPy re-implementation of the authors' loop, and PGD."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import eval_models
+from aad_tf import apgd
+from aad_tf import attacks
+
+
+def paper_checkpoints(n):
+  """w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+  p = [0.0, 0.22]
+  while p[-1] <= 1.0:
+    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+  return [math.ceil(round(q * n, 6)) for q in p[1:] if math.ceil(round(q * n, 6)) <= n]
+
+
+@pytest.mark.parametrize('n', [100, 200, 1000])
+def test_checkpoints_follow_the_paper(n):
+  assert apgd.checkpoints(n) == paper_checkpoints(n)
+
+
+def test_checkpoints_for_100_iterations():
+  assert apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_dlr_losses_match_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=[64, 10]).astype(np.float64) * 3
+  labels = rng.integers(0, 10, 64)
+  targets = (labels + rng.integers(1, 10, 64)) % 10
+  srt = np.sort(logits, axis=1)[:, ::-1]
+  z_y = logits[np.arange(64), labels]
+  other = np.array([np.max(np.delete(row, k)) for row, k in zip(logits, labels)])
+  want = -(z_y - other) / (srt[:, 0] - srt[:, 2] + 1e-12)
+  np.testing.assert_allclose(apgd.dlr_loss(logits, labels).numpy(), want, rtol=1e-10)
+  want_t = -(z_y - logits[np.arange(64), targets]) / (
+      srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + 1e-12)
+  np.testing.assert_allclose(apgd.dlr_targeted_loss(logits, labels, targets).numpy(), want_t,
+                             rtol=1e-10)
+  # Shift and scale invariance: the reason DLR resists saturated softmax outputs.
+  np.testing.assert_allclose(apgd.dlr_loss(7 * logits + 3, labels).numpy(), want, rtol=1e-8)
+
+
+def reference_apgd(w, b, x, y, x_start, eps, n_iter):
+  """The authors' APGD-CE loop (autopgd_base.attack_single_run, L-inf) for logits = x W + b.
+
+  Written from the paper / reference code with a loss history, independently of aad_tf.apgd.
+  x: [B, d] float64. Returns the adversarial points [B, d].
+  """
+  def loss_grad(z):
+    logits = z @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(w.shape[1])[y]
+    loss = -np.log(p[np.arange(len(y)), y])
+    return loss, (p - onehot) @ w.T, logits.argmax(1)
+
+  clip = lambda z: np.clip(np.clip(z, x - eps, x + eps), 0.0, 1.0)
+  n_iter_2, n_iter_min = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
+  size_decr = max(int(0.03 * n_iter), 1)
+  step = np.full([len(x), 1], 2.0 * eps)
+  x_adv = x_start.copy()
+  loss, grad, pred = loss_grad(x_adv)
+  acc = pred == y
+  x_best_adv, x_best, grad_best, loss_best = x_adv.copy(), x_adv.copy(), grad.copy(), loss.copy()
+  loss_steps = np.zeros([n_iter + 1, len(x)])
+  loss_steps[0] = loss  # the starting loss is the first entry of the history
+  x_adv_old = x_adv.copy()
+  k, counter3 = n_iter_2, 0
+  loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(len(x), bool)
+  for i in range(n_iter):
+    grad2 = x_adv - x_adv_old
+    x_adv_old = x_adv.copy()
+    a = 0.75 if i > 0 else 1.0
+    x_adv_1 = clip(x_adv + step * np.sign(grad))
+    x_adv_1 = clip(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a))
+    x_adv = x_adv_1
+    loss, grad, pred = loss_grad(x_adv)
+    wrong = pred != y
+    x_best_adv[wrong] = x_adv[wrong]
+    acc &= ~wrong
+    loss_steps[i + 1] = loss
+    better = loss > loss_best
+    x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
+    counter3 += 1
+    if counter3 == k:
+      increases = sum((loss_steps[i + 1 - c] > loss_steps[i - c]).astype(float) for c in range(k))
+      reduce = increases <= k * 0.75
+      reduce |= ~reduced_last_check & (loss_best_last_check >= loss_best)
+      reduced_last_check, loss_best_last_check = reduce.copy(), loss_best.copy()
+      step[reduce] /= 2.0
+      x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
+      k, counter3 = max(k - size_decr, n_iter_min), 0
+  return np.where(acc[:, None], x_best, x_best_adv)
+
+
+def test_apgd_matches_the_reference_loop_on_a_linear_model():
+  rng = np.random.default_rng(1)
+  batch, dim, classes, eps, n_iter = 32, 24, 5, 0.1, 30
+  w = rng.normal(size=[dim, classes])
+  b = rng.normal(size=[classes])
+  x = rng.uniform(size=[batch, dim])
+  y = (x @ w + b).argmax(1)  # correctly classified at the start
+  start = np.clip(x + rng.uniform(-eps, eps, size=x.shape), 0, 1)
+  model_fn = lambda images: tf.reshape(images, [-1, dim]) @ w + b
+  reshape = lambda a: tf.constant(a.reshape([batch, 1, dim, 1]))
+  x_adv, fooled, _ = apgd.apgd_run(
+      lambda logits: attacks.cross_entropy(logits, tf.constant(y, tf.int32)), model_fn,
+      reshape(x), tf.constant(y, tf.int32), reshape(start), eps=eps, num_steps=n_iter)
+  want = reference_apgd(w, b, x, y, start, eps, n_iter)
+  np.testing.assert_allclose(x_adv.numpy().reshape([batch, dim]), want, atol=1e-9)
+  assert 0 < fooled.numpy().mean() < 1  # the test exercises both outcomes
+
+
+@pytest.fixture(scope='module')
+def model_and_data(shared_data_dir):
+  model = eval_models.trained_model(shared_data_dir)
+  x, y = eval_models.test_arrays(shared_data_dir, 200)
+  return (lambda images: model(images, training=False)), tf.constant(x), tf.constant(y)
+
+
+def accuracy(model_fn, x, y):
+  return float(np.mean(np.argmax(model_fn(x).numpy(), -1) == y.numpy()))
+
+
+@pytest.mark.parametrize('loss', ['ce', 'dlr'])
+def test_apgd_stays_in_ball_and_range(model_and_data, loss):
+  model_fn, x, y = model_and_data
+  x_adv = apgd.apgd(model_fn, x[:50], y[:50], eps=0.1, num_steps=10, loss=loss, seed=[0, 1])
+  assert float(tf.reduce_max(tf.abs(x_adv - x[:50]))) <= 0.1 + 1e-6
+  assert float(tf.reduce_min(x_adv)) >= 0.0 and float(tf.reduce_max(x_adv)) <= 1.0
+
+
+def test_apgd_targeted_stays_in_ball_and_breaks_the_model(model_and_data):
+  model_fn, x, y = model_and_data
+  x_adv = apgd.apgd_targeted(model_fn, x[:50], y[:50], eps=0.15, num_steps=10,
+                             num_target_classes=3, seed=[0, 2])
+  assert float(tf.reduce_max(tf.abs(x_adv - x[:50]))) <= 0.15 + 1e-6
+  assert accuracy(model_fn, x_adv, y[:50]) < accuracy(model_fn, x[:50], y[:50]) - 0.3
+
+
+def test_eps_zero_returns_x(model_and_data):
+  model_fn, x, y = model_and_data
+  x_adv = apgd.apgd(model_fn, x[:20], y[:20], eps=0.0, num_steps=5, seed=[0, 0])
+  np.testing.assert_array_equal(x_adv.numpy(), x[:20].numpy())
+
+
+def test_apgd_is_at_least_as_strong_as_pgd(model_and_data):
+  """Same 20-gradient budget, eps where PGD leaves a fair share of the examples correct."""
+  model_fn, x, y = model_and_data
+  eps = 0.06
+  pgd_acc = accuracy(model_fn, attacks.pgd(model_fn, x, y, eps=eps, step_size=2.5 * eps / 20,
+                                           num_steps=20, seed=[0, 3]), y)
+  apgd_acc = accuracy(model_fn, apgd.apgd(model_fn, x, y, eps=eps, num_steps=20, seed=[0, 3]), y)
+  dlr_acc = accuracy(model_fn, apgd.apgd(model_fn, x, y, eps=eps, num_steps=20, loss='dlr',
+                                         seed=[0, 3]), y)
+  assert 0.2 < pgd_acc < 0.95, pgd_acc  # the comparison is informative
+  assert apgd_acc <= pgd_acc + 0.005, (apgd_acc, pgd_acc)
+  assert dlr_acc <= pgd_acc + 0.02, (dlr_acc, pgd_acc)
+
+
+def test_restarts_keep_the_first_success(model_and_data):
+  model_fn, x, y = model_and_data
+  one = apgd.apgd(model_fn, x[:50], y[:50], eps=0.05, num_steps=5, seed=[0, 4])
+  three = apgd.apgd(model_fn, x[:50], y[:50], eps=0.05, num_steps=5, num_restarts=3, seed=[0, 4])
+  assert accuracy(model_fn, three, y[:50]) <= accuracy(model_fn, one, y[:50])
+
+
+def test_compiles_once(model_and_data):
+  model_fn, x, y = model_and_data
+  fn = tf.function(lambda a, b: apgd.apgd(model_fn, a, b, eps=0.1, num_steps=2, seed=[0, 0]),
+                   input_signature=[tf.TensorSpec([None, 28, 28, 1]),
+                                    tf.TensorSpec([None], tf.int32)])
+  fn(x[:10], y[:10])
+  fn(x[:7], y[:7])
+  assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'eps': 1.5}, 'eps'), ({'eps': 0.1, 'num_steps': 0}, 'num_steps'),
+    ({'eps': 0.1, 'loss': 'hinge'}, 'loss'), ({'eps': 0.1, 'num_restarts': 0}, 'num_restarts')])
+def test_bad_arguments(kwargs, message):
+  x = tf.zeros([2, 4, 4, 1])
+  with pytest.raises(ValueError, match=message):
+    apgd.apgd(lambda images: tf.zeros([2, 10]), x, tf.zeros([2], tf.int32), **kwargs)

@@ -1,0 +1,121 @@
+"""Square Attack: the authors' p schedule, ball and range, query budget, and it breaks a model."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import eval_models
+from aad_tf import square
+
+
+def authors_p_selection(p_init, it, n_iters):
+  """p_selection of the authors' square_attack_linf (github.com/max-andr/square-attack)."""
+  it = int(it / n_iters * 10000)
+  if 10 < it <= 50:
+    return p_init / 2
+  if 50 < it <= 200:
+    return p_init / 4
+  if 200 < it <= 500:
+    return p_init / 8
+  if 500 < it <= 1000:
+    return p_init / 16
+  if 1000 < it <= 2000:
+    return p_init / 32
+  if 2000 < it <= 4000:
+    return p_init / 64
+  if 4000 < it <= 6000:
+    return p_init / 128
+  if 6000 < it <= 8000:
+    return p_init / 256
+  if 8000 < it <= 10000:
+    return p_init / 512
+  return p_init
+
+
+@pytest.mark.parametrize('n_iters', [100, 1000, 5000, 10000])
+def test_p_schedule_matches_the_authors(n_iters):
+  for it in sorted({0, 1, 5, 10, 11, 50, 51, 199, 200, 201, 999, 2500, n_iters - 1} - {n_iters}):
+    if it < n_iters:
+      got = float(square.p_schedule(it, n_iters, 0.8))
+      assert got == pytest.approx(authors_p_selection(0.8, it, n_iters)), it
+
+
+def test_window_side():
+  # s = round(sqrt(p * H * W)), at least 1, at most min(H, W) - 1.
+  assert int(square.window_side(tf.constant(0.8), 28, 28)) == 25
+  assert int(square.window_side(tf.constant(1.0), 28, 28)) == 27
+  assert int(square.window_side(tf.constant(1e-6), 28, 28)) == 1
+  assert int(square.window_side(tf.constant(0.05), 32, 32)) == round(np.sqrt(0.05 * 1024))
+
+
+@pytest.fixture(scope='module')
+def model_and_data(shared_data_dir):
+  model = eval_models.trained_model(shared_data_dir)
+  x, y = eval_models.test_arrays(shared_data_dir, 100)
+  return (lambda images: model(images, training=False)), tf.constant(x), tf.constant(y)
+
+
+def accuracy(model_fn, x, y):
+  return float(np.mean(np.argmax(model_fn(x).numpy(), -1) == y.numpy()))
+
+
+def test_square_breaks_an_undefended_model_and_stays_in_the_ball(model_and_data):
+  model_fn, x, y = model_and_data
+  fn = tf.function(lambda a, b: square.square_linf(model_fn, a, b, eps=0.3, num_queries=300,
+                                                   seed=[0, 1]))
+  x_adv = fn(x, y)
+  assert accuracy(model_fn, x, y) > 0.9
+  assert accuracy(model_fn, x_adv, y) < 0.1
+  assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 0.3 + 1e-6
+  assert float(tf.reduce_min(x_adv)) >= 0.0 and float(tf.reduce_max(x_adv)) <= 1.0
+
+
+def test_query_budget_and_early_stop(model_and_data):
+  """Run eagerly, counting the images the model sees: at most num_queries per example."""
+  model_fn, x, y = model_and_data
+  seen = []
+
+  def counting(images):
+    seen.append(int(tf.shape(images)[0]))
+    return model_fn(images)
+
+  n, budget = 20, 15
+  x_adv = square.square_linf(counting, x[:n], y[:n], eps=0.3, num_queries=budget, seed=[0, 2])
+  assert len(seen) <= budget  # one batched query per iteration
+  assert seen[0] == n and sum(seen) <= n * budget
+  # Only examples not yet fooled are queried: the batch shrinks as examples are broken, and
+  # the examples left out at the end are fooled.
+  assert all(a >= b for a, b in zip(seen, seen[1:]))
+  assert seen[-1] < n
+  wrong = np.argmax(model_fn(x_adv).numpy(), -1) != y[:n].numpy()
+  assert wrong.sum() >= n - seen[-1]
+
+
+def test_margin_never_worsens_and_eps_zero_is_identity(model_and_data):
+  model_fn, x, y = model_and_data
+  margin = lambda images: square.margin_loss(model_fn(images), y[:30]).numpy()
+  x_adv = square.square_linf(model_fn, x[:30], y[:30], eps=0.1, num_queries=30, seed=[0, 3])
+  x_one = square.square_linf(model_fn, x[:30], y[:30], eps=0.1, num_queries=1, seed=[0, 3])
+  # num_queries=1 is the stripes initialisation; later iterations only accept improvements.
+  assert np.all(margin(x_adv) <= margin(x_one) + 1e-5)
+  np.testing.assert_array_equal(
+      square.square_linf(model_fn, x[:5], y[:5], eps=0.0, num_queries=5, seed=[0, 0]).numpy(),
+      x[:5].numpy())
+
+
+def test_stripes_are_vertical_and_at_the_ball_surface():
+  x = tf.fill([3, 8, 8, 2], 0.5)
+  x_adv = square.square_linf(lambda images: tf.zeros([tf.shape(images)[0], 10]), x,
+                             tf.zeros([3], tf.int32), eps=0.1, num_queries=1, seed=[0, 4])
+  delta = (x_adv - x).numpy()
+  np.testing.assert_allclose(np.abs(delta), 0.1, atol=1e-6)
+  np.testing.assert_array_equal(delta, np.broadcast_to(delta[:, :1], delta.shape))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'eps': -0.1}, 'eps'), ({'eps': 0.1, 'num_queries': 0}, 'num_queries'),
+    ({'eps': 0.1, 'p_init': 0.0}, 'p_init')])
+def test_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    square.square_linf(lambda images: tf.zeros([2, 10]), tf.zeros([2, 4, 4, 1]),
+                       tf.zeros([2], tf.int32), **kwargs)
