@@ -1,13 +1,21 @@
 """Tests for aad_tf.base_defenses: StepLL, ensemble adversarial training and TRADES."""
 
+import pathlib
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app
+from absl import flags
 
+from aad_tf import attacks
 from aad_tf import base_defenses
+from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
 from aad_tf import export as export_lib
+from aad_tf import overfitting
+from trainers import main
 
 SHAPE = (8, 8, 1)
 CLASSES = 3
@@ -118,7 +126,6 @@ def test_stepll_step_matches_numpy_and_moves_away_from_least_likely():
 def test_single_step_fgsm_matches_attacks_fgsm():
   fn, _, _ = linear_model()
   x, y = tf.constant(images()), tf.constant([0, 1, 2, 0, 1, 2])
-  from aad_tf import attacks  # pylint: disable=g-import-not-at-top
   np.testing.assert_allclose(
       base_defenses.single_step(fn, x, y, eps=EPS, method='fgsm').numpy(),
       attacks.fgsm(fn, x, y, eps=EPS).numpy(), atol=1e-7)
@@ -276,3 +283,56 @@ def test_train_step_under_eps_warmup(name, static_path):
                       verbose=0)
   assert all(np.isfinite(v[-1]) for v in history.history.values())
   assert int(model.optimizer.iterations.numpy()) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Flagfiles.
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def main_flags(monkeypatch):
+  if 'overfit_guard' not in flags.FLAGS:  # trainers.main's flags, once per process
+    main.define_flags()
+  monkeypatch.chdir(ROOT)  # nested --flagfile paths are relative to the working directory
+  yield flags.FLAGS
+  flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize('aad', [False, True], ids=['plain', 'aad'])
+@pytest.mark.parametrize('name', ['stepll', 'ensemble', 'trades'])
+def test_flagfile_parses(name, aad, main_flags, tmp_path):
+  static = str(tmp_path / 'static.keras')
+  tiny_classifier(shape=(28, 28, 1), classes=10).save(static)
+  cfg = f'mnist_{name}_aad' if aad else f'mnist_{name}'
+  main_flags.unparse_flags()
+  main_flags(['main', f'--flagfile=flags/{cfg}.cfg', f'--model_dir={tmp_path / "run"}'] +
+             ([f'--ensemble_models={static}'] if name == 'ensemble' else []))
+  config = main.config_from_flags()
+  assert (config.dataset, config.defense.defense, config.defense.aad) == ('mnist', name, aad)
+  assert config.defense.attack.eps == pytest.approx(0.3)
+  if name == 'trades':
+    assert config.defense.trades_beta == 6.0
+  if name == 'ensemble':
+    assert config.defense.ensemble_models == (static,)
+  rng = np.random.default_rng(0)
+  arrays = data_lib.Arrays(rng.uniform(size=(20, 28, 28, 1)).astype(np.float32),
+                           np.arange(20) % 10, rng.uniform(size=(20, 28, 28, 1)).astype(np.float32),
+                           np.arange(20) % 10)
+  guard = main.overfit_guard(config, arrays)
+  if name == 'trades':
+    assert guard is None
+  else:
+    assert isinstance(guard, overfitting.OverfitGuard)
+    assert (guard.mode, guard.every_steps) == ('warn', 200)
+
+
+def test_ensemble_flag_mismatch_is_a_usage_error(main_flags, tmp_path):
+  wrong = str(tmp_path / 'wrong.keras')
+  tiny_classifier().save(wrong)
+  main_flags.unparse_flags()
+  main_flags(['main', '--flagfile=flags/mnist_ensemble.cfg', f'--model_dir={tmp_path / "run"}',
+              f'--ensemble_models={wrong}'])
+  with pytest.raises(app.UsageError, match=r'takes images of shape \(8, 8, 1\)'):
+    main.config_from_flags()
