@@ -267,7 +267,7 @@ def panel_figure(panel: AttentionPanel, names: Sequence[str], *, title: Optional
   num = len(panel.images)
   fig = new_figure(cell * num + 1.4, cell * 3 + 0.9 + (0.25 if title else 0.0), dpi)
   axes = fig.subplots(3, num, squeeze=False)
-  small = 8 if cell < 1.5 else 9
+  small = 9 if cell < 1.5 else 10
   mappable = None
   for i in range(num):
     label = int(panel.labels[i])
@@ -533,6 +533,14 @@ def robustness_figure(curves: Mapping[str, Mapping[str, Sequence[Tuple[float, fl
   return fig
 
 
+def _min_span(ax, span: float) -> None:
+  """Widens the y range to at least `span` (percentage points) so noise does not look like a trend."""
+  low, high = ax.get_ylim()
+  if high - low < span:
+    middle = (low + high) / 2
+    ax.set_ylim(middle - span / 2, middle + span / 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
   """One run of an alpha/beta sweep: its weights and accuracies (fractions) by attack."""
@@ -571,8 +579,9 @@ def sensitivity_figure(points: Sequence[SweepPoint], *, fixed_alpha: Optional[fl
     fixed_alpha = most_common(p.alpha for p in points)
   names = list(attacks_to_plot or sorted(
       {a for p in points for a in p.accuracy} - {'clean', 'worst_case'}))
-  fig = new_figure(10.5, 4.0 + (0.3 if title else 0), dpi)
+  fig = new_figure(10.5, 4.3 + (0.3 if title else 0), dpi)
   axes = fig.subplots(1, 2, squeeze=False)[0]
+  legend = []
   panels = (('alpha', 'beta', fixed_beta, '(a)'), ('beta', 'alpha', fixed_alpha, '(b)'))
   for ax, (varied, held, value, tag) in zip(axes, panels):
     chosen = {}
@@ -596,11 +605,16 @@ def sensitivity_figure(points: Sequence[SweepPoint], *, fixed_alpha: Optional[fl
       acc = [100 * chosen[w].accuracy.get(attack, np.nan) for w in weights]
       handles += right.plot(x, acc, marker='o', linestyle='--', linewidth=1.4, label=attack)
     right.set_ylabel('adversarial accuracy (%)', fontsize=9)
+    for axis, span in ((ax, 2.0), (right, 10.0)):
+      _min_span(axis, span)
+      axis.tick_params(labelsize=8)
     ax.set_xticks(x, [f'{w:g}' for w in weights])
+    ax.set_xlim(-0.3, len(weights) - 0.7)
     ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=8)
-    right.tick_params(labelsize=8)
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc='lower left')
+    legend = handles
+  if legend:
+    fig.legend(legend, [h.get_label() for h in legend], loc='outside lower center',
+               ncol=len(legend), fontsize=9, frameon=False)
   if title:
     fig.suptitle(title, fontsize=12)
   return fig
