@@ -96,17 +96,18 @@ def only_broken_by(correct: Dict[str, np.ndarray], group: Sequence[str],
   return survives_others & broken_by_group
 
 
-def _only_broken_check(name, correct, group, others, what, tolerance, min_examples):
+def _only_broken_check(name, correct, group, others, what, kind, tolerance, min_examples):
   if not group or not others:
-    return _not_run(name, tolerance, f'needs {what} and gradient attacks in the report')
+    return _not_run(name, tolerance, f'needs {what} and {kind} attacks in the report')
   only = only_broken_by(correct, group, others)
   count, n = int(only.sum()), len(only)
   fraction = count / max(n, 1)
   fired = fraction > tolerance and count >= min_examples
   return Diagnostic(
       name, fired, fraction, tolerance,
-      f'fraction of examples broken by {"/".join(group)} but by no '
-      f'{"/".join(others)}; above the threshold the gradients are suspect',
+      f'fraction of examples broken by {"/".join(group)} but by none of the '
+      f'{len(others)} {kind} attacks (listed in details); above the threshold the gradients are '
+      f'suspect',
       {'count': count, 'num_examples': n, 'group': list(group), 'others': list(others),
        'min_examples': min_examples})
 
@@ -122,7 +123,8 @@ def gradient_free_check(report, *, tolerance: float = ONLY_BROKEN_TOLERANCE,
   free = [n for n in names if n in GRADIENT_FREE]
   gradient = [n for n in names if n not in ('clean', *GRADIENT_FREE)]
   return _only_broken_check('gradient_free_beats_gradient', report.correct, free, gradient,
-                            'a gradient-free attack (square)', tolerance, min_examples)
+                            'a gradient-free attack (square)', 'gradient', tolerance,
+                            min_examples)
 
 
 def single_step_check(report, *, tolerance: float = ONLY_BROKEN_TOLERANCE,
@@ -132,7 +134,8 @@ def single_step_check(report, *, tolerance: float = ONLY_BROKEN_TOLERANCE,
   single = [n for n in names if n in SINGLE_STEP]
   iterative = [n for n in names if n not in ('clean', 'square', *SINGLE_STEP)]
   return _only_broken_check('single_step_beats_iterative', report.correct, single, iterative,
-                            'a single-step attack (fgsm/stepll)', tolerance, min_examples)
+                            'a single-step attack (fgsm/stepll)', 'iterative', tolerance,
+                            min_examples)
 
 
 # ---------------------------------------------------------------------------------------------

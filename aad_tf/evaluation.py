@@ -79,10 +79,12 @@ class Target:
     feature_fn: images -> (Grad-CAM features [B, h, w, F], logits), or None when the model's
       internals are not available (a SavedModel): then attention-based attacks are skipped.
     name: for logs.
+    owner: an object the functions need alive (the loaded SavedModel holding the variables).
   """
   model_fn: ModelFn
   feature_fn: Optional[gradcam_lib.FeatureFn] = None
   name: str = 'model'
+  owner: Any = None
 
   @classmethod
   def from_keras(cls, classifier: keras.Model, gradcam_layer: Optional[str] = None
@@ -114,9 +116,7 @@ class Target:
     if output not in fn.structured_outputs:
       raise ValueError(f'Signature {signature!r} of {path} has no output {output!r}; it has '
                        f'{sorted(fn.structured_outputs)}.')
-    target = cls(lambda images: fn(**{input_name: images})[output], None, path)
-    object.__setattr__(target, '_loaded', loaded)  # keep the variables alive
-    return target
+    return cls(lambda images: fn(**{input_name: images})[output], None, path, owner=loaded)
 
 
 def as_target(model: Union[Target, keras.Model], gradcam_layer: Optional[str] = None) -> Target:
@@ -344,8 +344,8 @@ def compile_attack(model: Union[Target, keras.Model], attack, image_shape,
                    gradcam_layer: Optional[str] = None) -> Callable[..., tf.Tensor]:
   """A compiled (x, y, seed=(0, 0)) -> bool [B] 'still correctly classified' under `attack`.
 
-  One `tf.function` with input signature (float32 [None, *image_shape], int32 [None],
-  int32 [2]): it traces once whatever the batch size.
+  One `tf.function` (the returned callable's `tf_function`) with input signature
+  (float32 [None, *image_shape], int32 [None], int32 [2]): it traces once whatever the batch size.
   """
   target = as_target(model, gradcam_layer)
   attack = _as_attack(getattr(attack, 'name', 'attack'), attack)
@@ -365,6 +365,7 @@ def compile_attack(model: Union[Target, keras.Model], attack, image_shape,
     return correct(tf.cast(x, tf.float32), tf.cast(y, tf.int32),
                    tf.cast(tf.convert_to_tensor(seed), tf.int32))
 
+  call.tf_function = correct  # e.g. to count traces
   return call
 
 
