@@ -157,6 +157,7 @@ def test_two_workers_train_to_identical_weights(tmp_path):
   assert not list(scratch.glob('aad_worker*'))
 
 
+@pytest.mark.slow  # ~25 s more on 2 cores; the two tests above cover the distribution itself
 def test_main_trains_exports_and_evaluates_on_two_devices(tmp_path, shared_data_dir):
   """trainers.main --devices=cpu:0,cpu:1: mirrored variables through checkpoint, export, eval."""
   model_dir = tmp_path / 'run'
