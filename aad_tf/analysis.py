@@ -465,7 +465,10 @@ class Analysis:
 
   Attributes:
     config: the settings.
-    records: model name -> per-example arrays (see `_records_from`), in the data's order.
+    records: model name -> per-example arrays [N] in the data's order: index, label, correct,
+      confidence (clean probability of the label), adv_pred, adv_confidence, succeeded,
+      gt_cells, degenerate_clean / degenerate_adv, iou_gt/<kappa mode>, iou_adv/<#cell>; and
+      for the LIME subset [M]: lime/index, lime/succeeded, lime/iou_gt/<n>, lime/iou_adv/<n>.
     tables: model name -> {'summary', 'table1', ..., 'table5'} (JSON-ready).
     examples: figure material: the primary model's first flipped and held examples of I_att,
       with every model's maps for them (see `analyze`).
