@@ -184,7 +184,10 @@ def main(argv):
 
   if dataset == 'boxed_mnist':
     # The first --num_examples test canvases of the registered dataset, drawn alone.
-    mnist = data_lib.load_arrays('mnist', data_dir=FLAGS.data_dir, source=FLAGS.data_source)
+    try:
+      mnist = data_lib.load_arrays('mnist', data_dir=FLAGS.data_dir, source=FLAGS.data_source)
+    except data_lib.DataNotFoundError as e:
+      raise app.UsageError(f'boxed_mnist is drawn from MNIST; set --data_dir. {e}') from e
     count = min(FLAGS.num_examples or boxed_digits.NUM_TEST, boxed_digits.NUM_TEST)
     x, y, boxes = boxed_digits.draw_split(mnist, 'test', num_examples=count, seed=FLAGS.seed)
     input_shape, num_classes, class_names = x.shape[1:], 10, [str(d) for d in range(10)]
@@ -197,8 +200,11 @@ def main(argv):
     if not FLAGS.imagenet_dir:
       raise app.UsageError('--dataset=imagenet needs --imagenet_dir (layout: '
                            'aad_tf/imagenet_boxes.py).')
-    annotations = imagenet_boxes.read_annotations(FLAGS.imagenet_dir,
-                                                  num_examples=FLAGS.num_examples)
+    try:
+      annotations = imagenet_boxes.read_annotations(FLAGS.imagenet_dir,
+                                                    num_examples=FLAGS.num_examples)
+    except (FileNotFoundError, ValueError) as e:
+      raise app.UsageError(f'--imagenet_dir: {e}') from e
     size = FLAGS.image_size or (299 if FLAGS.model == 'inception_v3' else 224)
     input_shape, num_classes, class_names = (size, size, 3), 1000, None
 
