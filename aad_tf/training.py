@@ -314,6 +314,14 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
         write_dir, model.classifier, model.optimizer,
         max_to_keep=config.keep_checkpoints if chief else 1, restore_directory=checkpoint_dir)
     start = checkpointer.restore()
+    if start and config.lr_decay_rate == 1.0:
+      # The checkpoint restores the learning-rate variable too; the run's flags win, so that a
+      # resumed run can be continued at a new constant rate.
+      restored = float(model.optimizer.learning_rate.numpy())
+      if abs(restored - config.learning_rate) > 1e-12 * max(1.0, config.learning_rate):
+        logging.info('Learning rate %g from the checkpoint replaced by the configured %g.',
+                     restored, config.learning_rate)
+      model.optimizer.learning_rate = config.learning_rate
     total = config.total_steps(source.num_train)
     per_epoch = config.steps_per_epoch(source.num_train)
     if chief:
