@@ -71,6 +71,6 @@ def masked_fn(model: keras.Model):
   return lambda images: model(tf.round(images * 255.0) / 255.0, training=False)
 
 
-def test_arrays(data_dir, n: int):
+def first_test_examples(data_dir, n: int):
   arrays = data_lib.load_arrays('mnist', data_dir=str(data_dir))
   return arrays.x_test[:n], arrays.y_test[:n]

@@ -120,7 +120,7 @@ def test_apgd_matches_the_reference_loop_on_a_linear_model():
 @pytest.fixture(scope='module')
 def model_and_data(shared_data_dir):
   model = eval_models.trained_model(shared_data_dir)
-  x, y = eval_models.test_arrays(shared_data_dir, 200)
+  x, y = eval_models.first_test_examples(shared_data_dir, 200)
   return (lambda images: model(images, training=False)), tf.constant(x), tf.constant(y)
 
 

@@ -23,7 +23,7 @@ def run_checks(model_fn, dataset):
 
 @pytest.fixture(scope='module')
 def dataset(shared_data_dir):
-  x, y = eval_models.test_arrays(shared_data_dir, 100)
+  x, y = eval_models.first_test_examples(shared_data_dir, 100)
   return tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
 
 

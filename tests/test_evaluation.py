@@ -81,7 +81,7 @@ def test_worst_case_is_the_per_example_and():
 @pytest.fixture(scope='module')
 def setup(shared_data_dir):
   model = eval_models.trained_model(shared_data_dir)
-  x, y = eval_models.test_arrays(shared_data_dir, 60)
+  x, y = eval_models.first_test_examples(shared_data_dir, 60)
   dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(25)  # a ragged last batch
   return model, x, y, dataset
 

@@ -51,7 +51,7 @@ def test_window_side():
 @pytest.fixture(scope='module')
 def model_and_data(shared_data_dir):
   model = eval_models.trained_model(shared_data_dir)
-  x, y = eval_models.test_arrays(shared_data_dir, 100)
+  x, y = eval_models.first_test_examples(shared_data_dir, 100)
   return (lambda images: model(images, training=False)), tf.constant(x), tf.constant(y)
 
 

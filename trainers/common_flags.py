@@ -3,6 +3,7 @@
 Every flag is optional so that tests and flagfiles set only what they need.
 """
 
+from absl import app
 from absl import flags
 
 from aad_tf import data as data_lib
@@ -23,3 +24,13 @@ def define_common_flags() -> None:
                        'Evaluate on the first N test examples (default: the whole test set).',
                        lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seed for weights, data order and attacks.', lower_bound=0)
+
+
+def parse_kappa(value: str):
+  """--kappa: 'mean' or a number; anything else is a UsageError naming the flag."""
+  if value == 'mean':
+    return 'mean'
+  try:
+    return float(value)
+  except ValueError:
+    raise app.UsageError(f"--kappa must be 'mean' or a number, got {value!r}.") from None

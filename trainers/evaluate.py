@@ -87,15 +87,6 @@ def define_flags() -> None:
                        lower_bound=1)
 
 
-def parse_kappa(value: str):
-  if value == 'mean':
-    return 'mean'
-  try:
-    return float(value)
-  except ValueError:
-    raise app.UsageError(f"--kappa must be 'mean' or a number, got {value!r}.") from None
-
-
 def read_flagfile(path: str) -> dict:
   """`--name=value` lines of a run's flags.txt as {name: value} (`--noname` -> 'false')."""
   values = {}
@@ -197,7 +188,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
     raise app.UsageError('Pass exactly one of --model_dir and --saved_model.')
-  kappa = parse_kappa(FLAGS.kappa)
+  kappa = common_flags.parse_kappa(FLAGS.kappa)
   try:
     # Validate names and eps before loading anything: either is an immediate, clear error.
     evaluation.standard_attacks(FLAGS.attacks, eps=0.0 if FLAGS.eps is None else FLAGS.eps)

@@ -124,15 +124,6 @@ def define_flags() -> None:
                     'uninterrupted one.')
 
 
-def parse_kappa(value: str):
-  if value == 'mean':
-    return 'mean'
-  try:
-    return float(value)
-  except ValueError:
-    raise app.UsageError(f"--kappa must be 'mean' or a number, got {value!r}.") from None
-
-
 def config_from_flags() -> training.TrainConfig:
   """Builds and validates the run's config; raises app.UsageError naming the bad flag."""
   if not FLAGS.model_dir:
@@ -144,7 +135,7 @@ def config_from_flags() -> training.TrainConfig:
                                       warmup_steps=FLAGS.train_eps_warmup_steps)
     defense = defense_lib.DefenseConfig(
         defense=FLAGS.defense, aad=FLAGS.aad, alpha=FLAGS.alpha, beta=FLAGS.beta,
-        kappa=parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
+        kappa=common_flags.parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
         alp_weight=FLAGS.alp_weight, attack=attack, trades_beta=FLAGS.trades_beta,
         stepll_random_step=FLAGS.stepll_random_step, ensemble_models=FLAGS.ensemble_models,
         ensemble_attack=FLAGS.ensemble_attack)
