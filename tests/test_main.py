@@ -36,6 +36,7 @@ def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
   assert report['num_examples'] == 40
   assert set(report['accuracy']) == {'clean', 'fgsm', 'pgd5', 'worst_case'}
   assert report['accuracy']['worst_case'] <= min(report['accuracy'].values()) + 1e-9
+  assert report['train']['final_step'] == 4 and report['train']['wall_time_s'] > 0
   table = result.stdout.lower()  # the Markdown table
   assert 'pgd5' in table and 'worst' in table and '|---|' in table
   assert sorted(os.listdir(model_dir / 'checkpoints')) == [

@@ -8,6 +8,7 @@ Writes into --model_dir: checkpoints/, tensorboard/, flags.txt, config.json, exp
 """
 
 import os
+import time
 from typing import Optional
 
 from absl import app
@@ -243,7 +244,9 @@ def main(argv):
       imagenet_sample(config, FLAGS.summary_images) if FLAGS.summary_images else None)
   callbacks = [*([summary_callback(config, shown)] if shown is not None else []),
                *([guard] if guard else [])]
+  started = time.time()
   model = training.train(config, arrays, callbacks=callbacks, strategy=strategy)
+  train_wall_time = time.time() - started
   if not chief:
     return
   classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
@@ -261,6 +264,10 @@ def main(argv):
   training.write_json(os.path.join(config.model_dir, 'eval.json'),
                       {'dataset': config.dataset, 'model': config.model, 'eps': eps,
                        'seed': config.seed, **report.to_json(),
+                       # This invocation only (a resumed run counts from its restart), tracing
+                       # included; final_step is the optimizer step the model was trained to.
+                       'train': {'final_step': int(model.optimizer.iterations.numpy()),
+                                 'wall_time_s': train_wall_time},
                        'overfit_guard': guard.summary() if guard else None})
   summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
                                int(model.optimizer.iterations.numpy()),
