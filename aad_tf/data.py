@@ -412,29 +412,32 @@ def train_dataset(arrays: Arrays, *, batch_size: int, seed: int,
 
 def eval_dataset(arrays: Arrays, *, batch_size: int,
                  num_examples: Optional[int] = None,
-                 split: str = 'test') -> tf.data.Dataset:
-  """The first `num_examples` examples of `split`, in order, batched.
+                 split: str = 'test', first_example: int = 0) -> tf.data.Dataset:
+  """`num_examples` examples of `split` from `first_example` on, in order, batched.
 
   Args:
     arrays: the dataset.
     batch_size: examples per batch, B; the last batch may be smaller.
-    num_examples: how many examples; None means the whole split.
+    num_examples: how many examples; None means all from `first_example` to the end.
     split: 'test' or 'train'.
+    first_example: index of the first example (0: the split's start).
 
   Returns:
     tf.data.Dataset of (x float32 [B, H, W, C], y int32 [B]).
   """
   x, _ = arrays.split(split)
   _check_positive_int(batch_size, 'batch_size')
+  if not isinstance(first_example, (int, np.integer)) or not 0 <= first_example < len(x):
+    raise ValueError(f'first_example must be an int in [0, {len(x)}), got {first_example!r}')
   if num_examples is None:
-    num_examples = len(x)
+    num_examples = len(x) - first_example
   _check_positive_int(num_examples, 'num_examples')
-  if num_examples > len(x):
+  if first_example + num_examples > len(x):
     raise ValueError(
-        f'num_examples {num_examples} exceeds the {len(x)} examples of the '
-        f'{split} split')
+        f'first_example {first_example} + num_examples {num_examples} exceeds the {len(x)} '
+        f'examples of the {split} split')
   x_all, y_all = _as_tensors(arrays, split)
-  dataset = tf.data.Dataset.range(num_examples).batch(batch_size)
+  dataset = tf.data.Dataset.range(first_example, first_example + num_examples).batch(batch_size)
   dataset = dataset.map(
       lambda index: (tf.gather(x_all, index), tf.gather(y_all, index)))
   return dataset.prefetch(tf.data.AUTOTUNE)

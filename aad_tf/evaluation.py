@@ -417,7 +417,8 @@ class Report:
 
 def evaluate(model: Union[Target, keras.Model], dataset: tf.data.Dataset,
              attacks: Mapping[str, Any], progress: bool = True, *,
-             gradcam_layer: Optional[str] = None, seed: int = 0) -> Report:
+             gradcam_layer: Optional[str] = None, seed: int = 0,
+             first_batch: int = 0) -> Report:
   """Accuracy of `model` on `dataset` ((x, y) batches) under each attack.
 
   Args:
@@ -427,6 +428,9 @@ def evaluate(model: Union[Target, keras.Model], dataset: tf.data.Dataset,
     progress: show a progress bar per attack.
     gradcam_layer: with a Keras classifier, its Grad-CAM layer (enables A^3 and adaptive).
     seed: base seed of the random starts (mixed with the attack name and batch index).
+    first_batch: the index of the dataset's first batch within a larger evaluation: a set
+      evaluated in pieces (examples [0, n), then [n, 2n) with first_batch = n / B) gets the
+      random starts of one evaluation of the whole.
 
   Returns:
     The Report; attacks that need Grad-CAM features the model cannot give are in `skipped`.
@@ -449,7 +453,7 @@ def evaluate(model: Union[Target, keras.Model], dataset: tf.data.Dataset,
                               verbose=1 if progress else 0)
     logging.info('Running %s (%s).', name, attack.params or 'no attack')
     for index, (x, y) in enumerate(dataset):
-      chunks.append(fn(x, y, attack_seed(seed, name, index)).numpy())
+      chunks.append(fn(x, y, attack_seed(seed, name, first_batch + index)).numpy())
       bar.add(1, values=[('acc', float(np.concatenate(chunks).mean()))])
     correct = np.concatenate(chunks) if chunks else np.zeros([0], bool)
     report.correct[name] = correct

@@ -53,21 +53,58 @@ class RunResult:
     dataset: dataset name.
     closing: the closing evaluation (`eval.json`), or None.
     suite: the robustness suite (`robustness.json`), or None.
+    grid: the suite's attacks that were also run on the following test examples
+      (`trainers.evaluate --eval_offset`), merged with the suite into one report on the union of
+      the examples; None when there are no such pieces.
   """
   model_dir: str
   seed: Optional[int]
   dataset: Optional[str]
   closing: Optional[Mapping]
   suite: Optional[Mapping]
+  grid: Optional[Mapping] = None
+
+  def _report(self, source: str) -> Optional[Mapping]:
+    if source not in ('closing', 'suite', 'grid'):
+      raise ValueError(f"source must be 'closing', 'suite' or 'grid', got {source!r}.")
+    if source == 'grid':
+      return self.grid if self.grid is not None else self.suite
+    return self.closing if source == 'closing' else self.suite
 
   def accuracy(self, source: str) -> Dict[str, float]:
-    """attack -> accuracy in percent, from 'closing' or 'suite' ({} when that file is missing)."""
-    report = self.closing if source == 'closing' else self.suite
+    """attack -> accuracy in percent from 'closing', 'suite' or 'grid' ({} if missing).
+
+    'grid' is the suite merged with its extra pieces (the suite alone without them)."""
+    report = self._report(source)
     return {k: 100.0 * float(v) for k, v in (report or {}).get('accuracy', {}).items()}
 
   def num_examples(self, source: str) -> Optional[int]:
-    report = self.closing if source == 'closing' else self.suite
+    report = self._report(source)
     return None if report is None else report.get('num_examples')
+
+
+def merge_pieces(pieces: Sequence[Mapping]) -> Dict[str, object]:
+  """One report from reports on consecutive, disjoint example ranges.
+
+  Each piece is a `robustness.json` dict with 'first_example' (default 0), 'num_examples' and
+  'accuracy'; only the attacks present in every piece are kept, weighted by example counts
+  (worst_case is dropped: it is only defined over the attacks of one piece).
+
+  Raises:
+    ValueError: if the pieces do not tile [0, total) in order.
+  """
+  expected = 0
+  for piece in pieces:
+    first = int(piece.get('first_example', 0))
+    if first != expected:
+      raise ValueError(f'Evaluation pieces must cover consecutive examples: expected one '
+                       f'starting at {expected}, got {first}.')
+    expected = first + int(piece['num_examples'])
+  names = [n for n in pieces[0]['accuracy'] if n != 'worst_case'
+           and all(n in p['accuracy'] for p in pieces)]
+  accuracy = {n: sum(p['accuracy'][n] * p['num_examples'] for p in pieces) / expected
+              for n in names}
+  return {'num_examples': expected, 'accuracy': accuracy}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +128,19 @@ def _read_json(path: str) -> Optional[dict]:
     raise ValueError(f'{path} is not valid JSON: {e}') from e
 
 
-def load_run(model_dir: str, suite_subdir: str = '') -> RunResult:
-  """Reads `eval.json` and `<suite_subdir>/robustness.json` of a run directory.
+def load_run(model_dir: str, suite_subdir: str = '', grid_subdirs: Sequence[str] = ()
+             ) -> RunResult:
+  """Reads `eval.json`, `<suite_subdir>/robustness.json` and the grid pieces of a run directory.
+
+  Args:
+    model_dir: a trainers.main run directory.
+    suite_subdir: where the suite's robustness.json is, relative to `model_dir`.
+    grid_subdirs: directories (relative to `model_dir`) of robustness.json files on the test
+      examples after the suite's (`trainers.evaluate --eval_offset`); missing ones are skipped.
 
   Raises:
-    ValueError: if the directory does not exist or holds neither file.
+    ValueError: if the directory does not exist or holds neither file, or the pieces do not
+      follow the suite.
   """
   if not os.path.isdir(model_dir):
     raise ValueError(f'Run directory {model_dir} does not exist.')
@@ -107,16 +152,25 @@ def load_run(model_dir: str, suite_subdir: str = '') -> RunResult:
   config = _read_json(os.path.join(model_dir, 'config.json')) or {}
   first = closing or suite
   seed = config.get('seed', first.get('seed'))
-  return RunResult(model_dir, seed, config.get('dataset', first.get('dataset')), closing, suite)
+  pieces = [p for p in (_read_json(os.path.join(model_dir, sub, 'robustness.json'))
+                        for sub in grid_subdirs) if p is not None]
+  grid = None
+  if suite is not None and pieces:
+    try:
+      grid = merge_pieces([suite, *sorted(pieces, key=lambda p: p.get('first_example', 0))])
+    except ValueError as e:
+      raise ValueError(f'{model_dir}: {e}') from e
+  return RunResult(model_dir, seed, config.get('dataset', first.get('dataset')), closing, suite,
+                   grid)
 
 
-def parse_row(spec: str, suite_subdir: str = '') -> Row:
+def parse_row(spec: str, suite_subdir: str = '', grid_subdirs: Sequence[str] = ()) -> Row:
   """'key=dir1,dir2' -> Row (one directory per seed)."""
   key, sep, dirs = spec.partition('=')
   dirs = [d for d in dirs.split(',') if d]
   if not sep or not key or not dirs:
     raise ValueError(f"Row {spec!r} must look like 'madry_aad=runs/a_s0,runs/a_s1'.")
-  return Row(key, [load_run(d, suite_subdir) for d in dirs])
+  return Row(key, [load_run(d, suite_subdir, grid_subdirs) for d in dirs])
 
 
 def summarise(values: Sequence[float]) -> str:
@@ -214,12 +268,14 @@ def format_report(rows: Sequence[Row], dataset: Optional[str] = None) -> str:
     raise ValueError('No rows to report.')
   dataset = dataset or next((r.dataset for row in rows for r in row.runs if r.dataset), None)
   n_suite = _counts(rows, 'suite')
+  n_grid = _counts(rows, 'grid')
   n_closing = _counts(rows, 'closing')
   blocks = []
   if n_suite:
-    blocks += [f'Paper grid (Table 6 layout), `trainers.evaluate`, first {n_suite} test images; '
+    blocks += [f'Paper grid (Table 6 layout), `trainers.evaluate`, first {n_grid} test images; '
                f'several seeds: mean (per-seed values).',
-               grid_table(rows, dataset, 'suite'),
+               grid_table(rows, dataset, 'grid'),
+               f'The suite below ran on the first {n_suite} test images.',
                'A^3 next to the plain attacks (Table 7 layout):',
                grid_table(rows, dataset, 'suite', A3_COLUMNS, with_paper=False),
                'Strong, adaptive and gradient-free attacks; worst case = correct under every '
@@ -245,6 +301,7 @@ def collect_json(rows: Sequence[Row]) -> Dict[str, object]:
                      'closing': run.accuracy('closing'), 'suite': run.accuracy('suite'),
                      'closing_examples': run.num_examples('closing'),
                      'suite_examples': run.num_examples('suite'),
+                     'grid': run.accuracy('grid'), 'grid_examples': run.num_examples('grid'),
                      'train': (run.closing or {}).get('train'),
                      'suite_wall_time_s': (run.suite or {}).get('wall_time_s')}
                     for run in row.runs]

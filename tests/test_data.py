@@ -452,3 +452,16 @@ def test_eval_dataset_prefix_and_train_split(tiny):
     data.eval_dataset(tiny, batch_size=4, num_examples=14)
   with pytest.raises(ValueError, match='split must be one of'):
     data.eval_dataset(tiny, batch_size=4, split='validation')
+
+
+def test_eval_dataset_from_an_offset(tiny):
+  batches = _stream(data.eval_dataset(tiny, batch_size=4, num_examples=6, first_example=5))
+  assert [len(y) for _, y in batches] == [4, 2]
+  np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), tiny.y_test[5:11])
+  rest = _stream(data.eval_dataset(tiny, batch_size=4, first_example=10))  # to the end
+  np.testing.assert_array_equal(np.concatenate([y for _, y in rest]), tiny.y_test[10:])
+  with pytest.raises(ValueError, match='first_example 10 \\+ num_examples 4 exceeds'):
+    data.eval_dataset(tiny, batch_size=4, num_examples=4, first_example=10)
+  for bad in (-1, 13, 2.0):
+    with pytest.raises(ValueError, match='first_example must be an int'):
+      data.eval_dataset(tiny, batch_size=4, first_example=bad)

@@ -121,6 +121,21 @@ def test_runs_are_reproducible_and_seeded(setup):
       first.accuracy == other.accuracy)
 
 
+def test_an_evaluation_in_pieces_equals_the_whole(setup):
+  model, x, y, _ = setup
+  table = evaluation.standard_attacks(['pgd5', 'square'], eps=0.15, square_queries=10)
+  batches = lambda a, b: tf.data.Dataset.from_tensor_slices((x[a:b], y[a:b])).batch(20)
+  whole = evaluation.evaluate(model, batches(0, 60), table, progress=False, seed=4)
+  head = evaluation.evaluate(model, batches(0, 20), table, progress=False, seed=4)
+  tail = evaluation.evaluate(model, batches(20, 60), table, progress=False, seed=4,
+                             first_batch=1)
+  for name in table:
+    np.testing.assert_array_equal(whole.correct[name],
+                                  np.concatenate([head.correct[name], tail.correct[name]]))
+  unaligned = evaluation.evaluate(model, batches(20, 60), table, progress=False, seed=4)
+  assert any(not np.array_equal(unaligned.correct[n], tail.correct[n]) for n in table)
+
+
 def test_one_trace_per_attack(setup):
   model, x, y, _ = setup
   fn = evaluation.compile_attack(model, evaluation.make_attack(
@@ -216,7 +231,7 @@ def test_evaluate_binary_on_a_run(run_dir, shared_data_dir):
   assert report['dataset'] == 'mnist' and report['model'] == 'lenet'
   assert report['eps'] == 0.2  # the run's --eval_eps
   assert report['seed'] == 3  # the run's seed
-  assert report['num_examples'] == 12
+  assert report['num_examples'] == 12 and report['first_example'] == 0
   assert set(report['accuracy']) == {'clean', 'fgsm', 'pgd_a3', 'apgd_ce', 'square',
                                      'worst_case'}
   assert report['attacks']['pgd_a3']['num_steps'] == 2
@@ -249,3 +264,6 @@ def test_evaluate_binary_bad_flags_fail_fast(run_dir):
   assert result.returncode != 0
   assert "Unknown attack 'pgd'" in result.stderr and 'UsageError' not in result.stderr
   assert 'DataNotFoundError' not in result.stderr  # failed before looking for data
+  result = run_evaluate(f'--model_dir={run_dir}', '--data_dir=/nonexistent', '--batch_size=5',
+                        '--eval_offset=7', timeout=300)
+  assert result.returncode != 0 and 'must be a multiple of --batch_size=5' in result.stderr

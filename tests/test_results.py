@@ -58,6 +58,26 @@ def test_aad_minus_base_and_fired_diagnostics(tmp_path):
   assert 'square_vs_pgd' in results.runs_table(rows)
 
 
+def test_grid_pieces_extend_the_paper_grid(tmp_path):
+  run = make_run(tmp_path / 'r', 0, suite={'clean': 0.9, 'pgd20': 0.8, 'square': 0.7,
+                                           'worst_case': 0.6})
+  piece = tmp_path / 'r' / 'grid_1000_2000'
+  piece.mkdir()
+  (piece / 'robustness.json').write_text(json.dumps({
+      'first_example': 1000, 'num_examples': 1000,
+      'accuracy': {'clean': 0.8, 'pgd20': 0.6, 'worst_case': 0.5}}))
+  loaded = results.load_run(run, grid_subdirs=['grid_1000_2000', 'not_run_yet'])
+  assert loaded.num_examples('grid') == 2000 and loaded.num_examples('suite') == 1000
+  assert loaded.accuracy('grid') == pytest.approx({'clean': 85.0, 'pgd20': 70.0})
+  assert loaded.accuracy('suite')['square'] == pytest.approx(70.0)
+  report = results.format_report([results.Row('madry', [loaded])])
+  assert 'first 2000 test images' in report and '| Madry adv (ours, 1 seed) | 85.00 |' in report
+  (piece / 'robustness.json').write_text(json.dumps({
+      'first_example': 500, 'num_examples': 1000, 'accuracy': {'clean': 0.8}}))
+  with pytest.raises(ValueError, match='consecutive examples: expected one starting at 1000'):
+    results.load_run(run, grid_subdirs=['grid_1000_2000'])
+
+
 @pytest.mark.parametrize('spec', ['madry', 'madry=', '=runs/x'])
 def test_bad_row_specs_are_rejected(spec):
   with pytest.raises(ValueError, match='must look like'):

@@ -9,8 +9,10 @@ r"""Collects runs (and their seeds) into the paper's table layout, next to the p
 Each --row is `key=dir[,dir...]`, one run directory of trainers.main per seed; keys raw, madry,
 madry_aad, alp, alp_aad get the paper's Table 6 row beside ours. Writes tables.md and
 results.json to --output_dir, and with --copy_json each run's eval.json / robustness.json as
-<key>_s<seed>_eval.json / <key>_s<seed>_robustness.json, so the published numbers travel with
-their sources.
+<key>_s<seed>_eval.json / <key>_s<seed>_robustness.json (and the --grid_subdirs pieces), so the
+published numbers travel with their sources. With --grid_subdirs (runs of trainers.evaluate
+--eval_offset on the examples after the suite's) the paper grid table covers all of them, e.g.
+the grid on 2000 images next to the full suite on the first 1000.
 """
 
 import json
@@ -32,6 +34,9 @@ def define_flags():
                     'Which block of the paper\'s Table 6 to show (default: from the runs).')
   flags.DEFINE_string('suite_subdir', '',
                       'Where robustness.json sits inside each run directory.')
+  flags.DEFINE_list('grid_subdirs', [],
+                    'Directories (inside each run) of trainers.evaluate --eval_offset pieces '
+                    'on the test examples after the suite\'s: the paper grid table merges them.')
   flags.DEFINE_string('output_dir', None, 'Where to write tables.md and results.json.')
   flags.DEFINE_bool('copy_json', True, 'Copy each run\'s eval.json / robustness.json too.')
 
@@ -42,7 +47,8 @@ def main(argv):
   if not FLAGS.row:
     raise app.UsageError('Pass at least one --row=key=run_dir[,run_dir...].')
   try:
-    rows = [results.parse_row(spec, FLAGS.suite_subdir) for spec in FLAGS.row]
+    rows = [results.parse_row(spec, FLAGS.suite_subdir, FLAGS.grid_subdirs)
+            for spec in FLAGS.row]
     report = results.format_report(rows, FLAGS.dataset)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
@@ -57,8 +63,13 @@ def main(argv):
   if FLAGS.copy_json:
     for row in rows:
       for run in row.runs:
-        for name, sub in (('eval', ''), ('robustness', FLAGS.suite_subdir)):
-          source = os.path.join(run.model_dir, sub, f'{name}.json')
+        sources = [('eval', os.path.join(run.model_dir, 'eval.json')),
+                   ('robustness', os.path.join(run.model_dir, FLAGS.suite_subdir,
+                                               'robustness.json'))]
+        sources += [(f'{os.path.basename(os.path.normpath(sub))}_robustness',
+                     os.path.join(run.model_dir, sub, 'robustness.json'))
+                    for sub in FLAGS.grid_subdirs]
+        for name, source in sources:
           if os.path.exists(source):
             shutil.copyfile(source, os.path.join(FLAGS.output_dir,
                                                  f'{row.key}_s{run.seed}_{name}.json'))

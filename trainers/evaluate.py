@@ -62,6 +62,11 @@ def define_flags() -> None:
                      'L-inf radius in [0, 1] (default: the run\'s --eval_eps, else 0.3 MNIST, '
                      '8/255 CIFAR-10, 16/255 ImageNet).')
   flags.DEFINE_integer('batch_size', 500, 'Evaluation batch size.', lower_bound=1)
+  flags.DEFINE_integer('eval_offset', 0,
+                       'Index of the first test example (a multiple of --batch_size): '
+                       'evaluates [offset, offset + eval_examples) with the random starts a '
+                       'single evaluation from 0 would use there, so pieces can be merged.',
+                       lower_bound=0)
   flags.DEFINE_float('sigma', 10.0, 'A^3 weight of the attention term (paper: 10).',
                      lower_bound=0.0)
   flags.DEFINE_string('kappa', 'mean', "A^3 attention threshold: 'mean' or a number.")
@@ -189,6 +194,9 @@ def main(argv):
   if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
     raise app.UsageError('Pass exactly one of --model_dir and --saved_model.')
   kappa = common_flags.parse_kappa(FLAGS.kappa)
+  if FLAGS.eval_offset % FLAGS.batch_size:
+    raise app.UsageError(f'--eval_offset={FLAGS.eval_offset} must be a multiple of '
+                         f'--batch_size={FLAGS.batch_size} (the random starts are per batch).')
   try:
     # Validate names and eps before loading anything: either is an immediate, clear error.
     evaluation.standard_attacks(FLAGS.attacks, eps=0.0 if FLAGS.eps is None else FLAGS.eps)
@@ -218,16 +226,18 @@ def main(argv):
                                 else source.data_source, download=FLAGS.download)
   try:
     dataset = data_lib.eval_dataset(arrays, batch_size=FLAGS.batch_size,
-                                    num_examples=FLAGS.eval_examples)
+                                    num_examples=FLAGS.eval_examples,
+                                    first_example=FLAGS.eval_offset)
   except ValueError as e:
-    raise app.UsageError(f'--eval_examples: {e}') from e
+    raise app.UsageError(f'--eval_examples / --eval_offset: {e}') from e
   logging.info('Evaluating %s (%s) on %s, %s examples, eps %.4f, seed %d: %s.',
                source.model_name, source.origin, source.dataset,
                FLAGS.eval_examples or arrays.num_test, eps, seed, ', '.join(attacks))
 
   keras.utils.set_random_seed(seed)
   started = time.time()
-  report = evaluation.evaluate(source.target, dataset, attacks, progress=True, seed=seed)
+  report = evaluation.evaluate(source.target, dataset, attacks, progress=True, seed=seed,
+                               first_batch=FLAGS.eval_offset // FLAGS.batch_size)
   if FLAGS.diagnostics:
     checks = diagnostics_lib.run_all(
         source.target.model_fn, dataset, report, eps=eps, sweep_steps=FLAGS.sweep_steps,
@@ -240,7 +250,8 @@ def main(argv):
   output_dir = FLAGS.output_dir or source.output_dir
   tf.io.gfile.makedirs(output_dir)
   payload = {'dataset': source.dataset, 'model': source.model_name, 'source': source.origin,
-             'eps': eps, 'seed': seed, 'wall_time_s': wall_time, 'versions': versions(),
+             'eps': eps, 'seed': seed, 'first_example': FLAGS.eval_offset,
+             'wall_time_s': wall_time, 'versions': versions(),
              'settings': {name: FLAGS[name].value for name in (
                  'sigma', 'kappa', 'a3_num_steps', 'apgd_num_steps', 'apgd_restarts',
                  'apgd_target_classes', 'square_queries', 'square_p_init',

@@ -9,6 +9,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
 export TF_CPP_MIN_LOG_LEVEL=2
+GRID=clean,fgsm,pgd10,pgd20,pgd40,pgd100,cw10,cw20,cw40,cw100
 MNIST_RUNS="raw_cpu_s0 madry_cpu_s0 madry_aad_cpu_s0 alp_cpu_s0 alp_aad_cpu_s0 madry_cpu_s1 madry_aad_cpu_s1"
 
 for run in $MNIST_RUNS; do
@@ -18,6 +19,10 @@ for run in $MNIST_RUNS; do
     --checkpoint_every=100
   [ -f $RUNS/mnist_$run/robustness.json ] || python -m trainers.evaluate \
     --model_dir=$RUNS/mnist_$run --data_dir="$DATA" --eval_examples=1000
+  # The paper grid on test images 1000-1999 too (merged by collect_results: grid on 2000).
+  [ -f $RUNS/mnist_$run/grid_1000_2000/robustness.json ] || python -m trainers.evaluate \
+    --model_dir=$RUNS/mnist_$run --data_dir="$DATA" --eval_offset=1000 --eval_examples=1000 \
+    --attacks=$GRID --nodiagnostics --output_dir=$RUNS/mnist_$run/grid_1000_2000
 done
 
 for row in madry madry_aad; do
@@ -29,6 +34,7 @@ for row in madry madry_aad; do
 done
 
 python -m trainers.collect_results --dataset=mnist --output_dir=docs/results/mnist_cpu \
+  --grid_subdirs=grid_1000_2000 \
   --row=raw=$RUNS/mnist_raw_cpu_s0 \
   --row=madry=$RUNS/mnist_madry_cpu_s0,$RUNS/mnist_madry_cpu_s1 \
   --row=madry_aad=$RUNS/mnist_madry_aad_cpu_s0,$RUNS/mnist_madry_aad_cpu_s1 \
