@@ -1,14 +1,17 @@
 r"""Training, Grad-CAM and attack throughput, measured in one run so that ratios are meaningful.
 
-  python -m benchmarks.throughput --model=lenet --dataset=mnist --data_dir=../shared/data
-  python -m benchmarks.throughput --model=resnet9 --dataset=cifar10 --data_dir=../shared/data
+  python -m benchmarks.throughput --data_dir=../shared/data       # LeNet/MNIST and ResNet9/CIFAR-10
+  python -m benchmarks.throughput --models=lenet:mnist:100 --steps=5
 
-For each training variant (raw, madry, madry+aad, alp, alp+aad at the same PGD steps) the compiled
+For each --models entry (model:dataset:batch) and (raw, madry, madry+aad, alp, alp+aad at the same PGD steps) the compiled
 train step is warmed up, then the variants are timed round-robin for --rounds rounds of --steps
 steps each (interleaving spreads machine noise over all variants); the median images/s is reported
 with its ratio to madry. Also: Grad-CAM throughput (forward + backward to the Grad-CAM layer), and
-PGD-k attack throughput as images/s and as a fraction of the machine's measured matmul FLOP rate
-(model FLOPs counted analytically for Conv2D/Dense layers; one PGD step ~ 3 forward passes).
+PGD-k attack throughput as images/s and as a fraction of the machine's measured FLOP rate (model
+FLOPs counted analytically for Conv2D/Dense layers; one PGD step ~ 3 forward passes). The reference
+rates are measured in the same run: the best of float32 matmuls of several sizes, and a large 3x3
+convolution (oneDNN's convolutions can run faster than its matmul, so a model's PGD can exceed
+the matmul rate; the larger of the two is reported as the machine's rate).
 """
 
 import json
@@ -29,10 +32,9 @@ from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('model', 'lenet', 'Registered model.')
-flags.DEFINE_string('dataset', 'mnist', 'Dataset (for shapes and, with --data_dir, real images).')
+flags.DEFINE_list('models', ['lenet:mnist:100', 'resnet9:cifar10:32'],
+                  'model:dataset:batch entries, benchmarked one after another in this run.')
 flags.DEFINE_string('data_dir', None, 'Directory with <dataset>.npz; random images if unset.')
-flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.DEFINE_integer('pgd_steps', 10, 'PGD steps of every adversarial variant and attack.')
 flags.DEFINE_integer('steps', 5, 'Timed train steps per variant per round.')
 flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.')
@@ -58,38 +60,77 @@ def model_flops(model: keras.Model) -> float:
   return total
 
 
-def matmul_flops_per_second(n: int = 2048, repeats: int = 10, timer=time.perf_counter) -> float:
-  a = tf.random.normal([n, n])
-  b = tf.random.normal([n, n])
-  fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+def matmul_flops_per_second(sizes=(1024, 2048, 4096), repeats: int = 3, timer=time.perf_counter
+                            ) -> float:
+  """Best float32 matmul FLOP rate over `sizes` (n x n times n x n)."""
+  best = 0.0
+  for n in sizes:
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    fn().numpy()
+    started = timer()
+    for _ in range(repeats):
+      fn().numpy()
+    best = max(best, 2.0 * n ** 3 * repeats / (timer() - started))
+  return best
+
+
+def conv_flops_per_second(repeats: int = 3, timer=time.perf_counter) -> float:
+  """FLOP rate of a large 3x3, 256 -> 256 channel convolution (batch 64 of 16 x 16 maps)."""
+  x = tf.random.normal([64, 16, 16, 256])
+  w = tf.random.normal([3, 3, 256, 256])
+  fn = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, w, 1, 'SAME')))
   fn().numpy()
   started = timer()
   for _ in range(repeats):
     fn().numpy()
-  return 2.0 * n ** 3 * repeats / (timer() - started)
+  return 2.0 * 64 * 16 * 16 * 9 * 256 * 256 * repeats / (timer() - started)
 
 
-def make_batch(info):
+def parse_models(entries):
+  """'model:dataset:batch' strings -> [(model, DatasetInfo, batch)]; bad entries are UsageErrors."""
+  parsed = []
+  for entry in entries:
+    parts = entry.split(':')
+    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
+      raise app.UsageError(f'--models entry {entry!r} is not model:dataset:batch, e.g. lenet:mnist:100')
+    name, dataset, batch = parts[0], parts[1], int(parts[2])
+    if name not in models.available_models():
+      raise app.UsageError(f'--models: unknown model {name!r}; known: {", ".join(models.available_models())}')
+    try:
+      info = data_lib.get_info(dataset)
+    except ValueError as e:
+      raise app.UsageError(f'--models: {e}') from e
+    parsed.append((name, info, batch))
+  return parsed
+
+
+def make_batch(info, batch_size: int):
   if FLAGS.data_dir:
     arrays = data_lib.load_arrays(info.name, data_dir=FLAGS.data_dir, source='npz')
-    x, y = arrays.x_train[:FLAGS.batch_size], arrays.y_train[:FLAGS.batch_size]
+    x, y = arrays.x_train[:batch_size], arrays.y_train[:batch_size]
   else:
     rng = np.random.default_rng(0)
-    x = rng.random((FLAGS.batch_size, *info.image_shape), np.float32)
-    y = rng.integers(0, info.num_classes, FLAGS.batch_size).astype(np.int32)
+    x = rng.random((batch_size, *info.image_shape), np.float32)
+    y = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
   return tf.constant(x), tf.constant(y)
 
 
-def build_trainer(variant: str, info) -> defense_lib.AADModel:
+def default_eps(info) -> float:
+  return 0.3 if info.name == 'mnist' else 8 / 255
+
+
+def build_trainer(model_name: str, variant: str, info) -> defense_lib.AADModel:
   defense, _, aad = variant.partition('_')
   defense = 'none' if defense == 'raw' else defense
-  classifier = models.get_model(FLAGS.model, input_shape=info.image_shape,
+  classifier = models.get_model(model_name, input_shape=info.image_shape,
                                 num_classes=info.num_classes)
-  eps = 0.3 if info.name == 'mnist' else 8 / 255
+  eps = default_eps(info)
   config = defense_lib.DefenseConfig(
       defense=defense, aad=aad == 'aad',
       attack=defense_lib.AttackConfig(eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps))
-  model = defense_lib.AADModel(classifier, models.get_spec(FLAGS.model).gradcam_layer, config)
+  model = defense_lib.AADModel(classifier, models.get_spec(model_name).gradcam_layer, config)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   return model
 
@@ -111,19 +152,15 @@ def time_call(fn, repeats: int) -> float:
   return timer() - started
 
 
-def main(argv):
-  del argv
-  info = data_lib.get_info(FLAGS.dataset)
-  x, y = make_batch(info)
-  b = FLAGS.batch_size
-  results = {'clock': 'cpu' if clock() is time.process_time else 'wall', 'model': FLAGS.model, 'dataset': FLAGS.dataset, 'batch_size': b,
-             'pgd_steps': FLAGS.pgd_steps, 'tensorflow': tf.__version__,
-             'keras': keras.__version__}
+def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
+  """Train-step, Grad-CAM, forward and PGD throughput of one backbone; `rates` in FLOP/s."""
+  x, y = make_batch(info, b)
+  results = {'model': model_name, 'dataset': info.name, 'batch_size': b}
 
   # Training steps, round-robin.
   steps = {}
   for variant in FLAGS.variants:
-    model = build_trainer(variant, info)
+    model = build_trainer(model_name, variant, info)
     step = tf.function(model.train_step, reduce_retracing=True)
     step((x, y))  # trace + warm up
     steps[variant] = step
@@ -134,16 +171,20 @@ def main(argv):
       times[variant].append(b * FLAGS.steps / seconds)
   train = {v: statistics.median(t) for v, t in times.items()}
   results['train_images_per_s'] = train
+  results['train_images_per_s_rounds'] = times
   if 'madry' in train:
     results['train_time_ratio_vs_madry'] = {v: train['madry'] / s for v, s in train.items()}
+  for base in ('madry', 'alp'):
+    if base in train and f'{base}_aad' in train:
+      results[f'aad_time_ratio_vs_{base}'] = train[base] / train[f'{base}_aad']
 
   # Grad-CAM and attack throughput on one classifier.
-  classifier = models.get_model(FLAGS.model, input_shape=info.image_shape,
+  classifier = models.get_model(model_name, input_shape=info.image_shape,
                                 num_classes=info.num_classes)
-  features = gradcam_lib.FeatureModel(classifier, models.get_spec(FLAGS.model).gradcam_layer)
+  features = gradcam_lib.FeatureModel(classifier, models.get_spec(model_name).gradcam_layer)
   cam_fn = tf.function(lambda images, labels: gradcam_lib.gradcam(features.fn(), images, labels)[0])
   model_fn = lambda images: classifier(images, training=False)
-  eps = 0.3 if info.name == 'mnist' else 8 / 255
+  eps = default_eps(info)
   pgd_fn = tf.function(lambda images, labels: attacks.pgd(
       model_fn, images, labels, eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps))
   fwd_fn = tf.function(lambda images: model_fn(images))
@@ -155,26 +196,52 @@ def main(argv):
   pgd_rate = b * reps / time_call(lambda: pgd_fn(x, y), reps)
   results[f'pgd{FLAGS.pgd_steps}_images_per_s'] = pgd_rate
   flops = model_flops(classifier)
-  peak = matmul_flops_per_second(timer=clock())
   achieved = pgd_rate * flops * 3 * FLAGS.pgd_steps
-  results.update({'model_forward_gflop_per_image': flops / 1e9,
-                  'matmul_gflop_per_s': peak / 1e9,
-                  'pgd_achieved_gflop_per_s': achieved / 1e9,
-                  'pgd_fraction_of_matmul_rate': achieved / peak})
+  results.update({
+      'model_forward_gflop_per_image': flops / 1e9,
+      'pgd_achieved_gflop_per_s': achieved / 1e9,
+      'pgd_fraction_of_matmul_rate': achieved / rates['matmul'],
+      'pgd_fraction_of_conv_rate': achieved / rates['conv'],
+      'pgd_fraction_of_machine_rate': achieved / max(rates.values()),
+  })
+  return results
 
-  lines = [f'{FLAGS.model}/{FLAGS.dataset}, batch {b}, PGD-{FLAGS.pgd_steps}, '
-           f'TF {tf.__version__}, {results["clock"]} clock',
+
+def report(r: dict, clock_name: str) -> str:
+  k = FLAGS.pgd_steps
+  lines = [f'{r["model"]}/{r["dataset"]}, batch {r["batch_size"]}, PGD-{k}, {clock_name} clock',
            '| variant | images/s | step time vs madry |', '|---|---|---|']
-  for v, rate in train.items():
-    ratio = results.get('train_time_ratio_vs_madry', {}).get(v, float('nan'))
+  for v, rate in r['train_images_per_s'].items():
+    ratio = r.get('train_time_ratio_vs_madry', {}).get(v, float('nan'))
     lines.append(f'| {v} | {rate:.1f} | {ratio:.2f}x |')
-  lines += ['',
-            f'forward: {results["forward_images_per_s"]:.0f} images/s; '
-            f'Grad-CAM: {results["gradcam_images_per_s"]:.0f} images/s '
-            f'({results["gradcam_images_per_s"] / results["forward_images_per_s"]:.2f}x forward)',
-            f'PGD-{FLAGS.pgd_steps}: {pgd_rate:.1f} images/s = {achieved / 1e9:.1f} GFLOP/s, '
-            f'{100 * achieved / peak:.0f}% of the measured matmul rate ({peak / 1e9:.0f} GFLOP/s)']
-  print('\n'.join(lines))
+  for base in ('madry', 'alp'):
+    if f'aad_time_ratio_vs_{base}' in r:
+      lines.append(f'{base}+aad step time / {base}: {r[f"aad_time_ratio_vs_{base}"]:.2f}x')
+  fwd, cam = r['forward_images_per_s'], r['gradcam_images_per_s']
+  lines += [f'forward: {fwd:.0f} images/s; Grad-CAM: {cam:.0f} images/s ({cam / fwd:.2f}x forward)',
+            f'PGD-{k}: {r[f"pgd{k}_images_per_s"]:.1f} images/s = '
+            f'{r["pgd_achieved_gflop_per_s"]:.1f} GFLOP/s, '
+            f'{100 * r["pgd_fraction_of_matmul_rate"]:.0f}% of the measured matmul rate, '
+            f'{100 * r["pgd_fraction_of_conv_rate"]:.0f}% of the measured conv rate']
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  entries = parse_models(FLAGS.models)
+  timer = clock()
+  clock_name = 'cpu' if timer is time.process_time else 'wall'
+  rates = {'matmul': matmul_flops_per_second(timer=timer), 'conv': conv_flops_per_second(timer=timer)}
+  results = {'clock': clock_name, 'pgd_steps': FLAGS.pgd_steps, 'steps': FLAGS.steps,
+             'rounds': FLAGS.rounds, 'tensorflow': tf.__version__, 'keras': keras.__version__,
+             'matmul_gflop_per_s': rates['matmul'] / 1e9, 'conv_gflop_per_s': rates['conv'] / 1e9,
+             'models': []}
+  print(f'machine: matmul {rates["matmul"] / 1e9:.0f} GFLOP/s, 3x3 conv '
+        f'{rates["conv"] / 1e9:.0f} GFLOP/s ({clock_name} clock), TF {tf.__version__}')
+  for name, info, batch in entries:
+    r = benchmark_model(name, info, batch, rates)
+    results['models'].append(r)
+    print('\n' + report(r, clock_name), flush=True)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(results, f, indent=2)

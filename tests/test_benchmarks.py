@@ -1,0 +1,45 @@
+"""Tests for benchmarks/throughput.py: the FLOP count and the --models parser it reports with."""
+
+import pytest
+from absl import app
+
+from aad_tf import models
+from benchmarks import throughput
+
+
+def test_lenet_flops_match_a_hand_count():
+  model = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
+  conv1 = 2 * 28 * 28 * 5 * 5 * 1 * 32
+  conv2 = 2 * 14 * 14 * 5 * 5 * 32 * 64
+  fc1 = 2 * 7 * 7 * 64 * 1024
+  logits = 2 * 1024 * 10
+  assert throughput.model_flops(model) == conv1 + conv2 + fc1 + logits
+
+
+def test_resnet9_flops_count_every_convolution():
+  model = models.get_model('resnet9', input_shape=(32, 32, 3), num_classes=10)
+  # DAWNBench ResNet9: about 0.76 GFLOP per 32x32 image, almost all in six 3x3 convolutions.
+  assert throughput.model_flops(model) == pytest.approx(0.7585e9, rel=1e-3)
+
+
+def test_parse_models_reads_entries():
+  parsed = throughput.parse_models(['lenet:mnist:100', 'resnet9:cifar10:32'])
+  assert [(name, info.name, batch) for name, info, batch in parsed] == [
+      ('lenet', 'mnist', 100), ('resnet9', 'cifar10', 32)]
+
+
+@pytest.mark.parametrize('entry, message', [
+    ('lenet:mnist', 'model:dataset:batch'),
+    ('lenet:mnist:0', 'model:dataset:batch'),
+    ('lenet:mnist:x', 'model:dataset:batch'),
+    ('nope:mnist:10', "unknown model 'nope'"),
+    ('lenet:nope:10', 'nope'),
+])
+def test_parse_models_rejects_bad_entries(entry, message):
+  with pytest.raises(app.UsageError, match=message):
+    throughput.parse_models([entry])
+
+
+def test_reference_rates_are_positive_and_finite():
+  assert 0 < throughput.matmul_flops_per_second(sizes=(64,), repeats=1) < float('inf')
+  assert 0 < throughput.conv_flops_per_second(repeats=1) < float('inf')
