@@ -8,7 +8,9 @@ train step is warmed up, then the variants are timed round-robin for --rounds ro
 steps each (interleaving spreads machine noise over all variants); the median images/s is reported
 with its ratio to madry. Also: Grad-CAM throughput (forward + backward to the Grad-CAM layer), and
 PGD-k attack throughput as images/s and as a fraction of the machine's measured FLOP rate (model
-FLOPs counted analytically for Conv2D/Dense layers; one PGD step ~ 3 forward passes). The reference
+FLOPs counted analytically for Conv2D/Dense layers; one PGD step = one forward pass plus the
+gradient with respect to the input alone, which costs about one more forward pass: 2 in all, since
+an attack needs no weight gradients). The reference
 rates are measured in the same run: the best of float32 matmuls of several sizes, and a large 3x3
 convolution (oneDNN's convolutions can run faster than its matmul, so a model's PGD can exceed
 the matmul rate; the larger of the two is reported as the machine's rate).
@@ -58,6 +60,11 @@ def model_flops(model: keras.Model) -> float:
     elif isinstance(layer, keras.layers.Dense):
       total += 2.0 * layer.input.shape[-1] * layer.units
   return total
+
+
+# Forward + input-gradient backward (Conv2DBackpropInput / MatMul against the weights, each about
+# the forward's FLOPs); no Conv2DBackpropFilter, since an attack differentiates only in x.
+PASSES_PER_PGD_STEP = 2
 
 
 def matmul_flops_per_second(sizes=(1024, 2048, 4096), repeats: int = 3, timer=time.perf_counter
@@ -196,7 +203,7 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   pgd_rate = b * reps / time_call(lambda: pgd_fn(x, y), reps)
   results[f'pgd{FLAGS.pgd_steps}_images_per_s'] = pgd_rate
   flops = model_flops(classifier)
-  achieved = pgd_rate * flops * 3 * FLAGS.pgd_steps
+  achieved = pgd_rate * flops * PASSES_PER_PGD_STEP * FLAGS.pgd_steps
   results.update({
       'model_forward_gflop_per_image': flops / 1e9,
       'pgd_achieved_gflop_per_s': achieved / 1e9,
