@@ -130,3 +130,26 @@ def test_flagfile_parses_and_builds(dataset, row, tmp_path, monkeypatch, fake_im
   assert np.isfinite(logits.numpy()).all()
   if dataset == 'imagenet' and row == 'alp_aad':
     np.testing.assert_array_equal(model.classifier.get_layer('conv1_conv').kernel.numpy(), conv1)
+
+
+CPU_ROWS = {'mnist': ROWS, 'cifar10': ('madry', 'madry_aad')}  # the rows docs/results trains
+
+
+@pytest.mark.parametrize('dataset', CPU_ROWS)
+def test_cpu_budget_rows_share_one_budget(dataset, tmp_path, monkeypatch):
+  """The `*_cpu.cfg` rows of a dataset differ only in the defence (docs/results compares them)."""
+  configs = {row: parse(f'{dataset}_{row}_cpu', tmp_path, monkeypatch) for row in CPU_ROWS[dataset]}
+  for row, config in configs.items():
+    assert (config.defense.defense, config.defense.aad) == ROWS[row]
+  def budget(config):
+    without_defence = dataclasses.replace(
+        config.defense, defense='none', aad=False, alp_weight=0.0)
+    return dataclasses.replace(config, defense=without_defence)
+  budgets = {row: budget(config) for row, config in configs.items()}
+  first = next(iter(budgets.values()))
+  for row, value in budgets.items():
+    assert value == first, row
+  # A real reduced budget, not the paper's (that is what the *_cpu suffix promises).
+  attack = first.defense.attack
+  assert attack.num_steps < PAPER[dataset]['train_num_steps']
+  assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.num_steps)
