@@ -217,10 +217,13 @@ def runs_table(rows: Sequence[Row]) -> str:
     for run in row.runs:
       train = (run.closing or {}).get('train', {})
       suite = run.suite or {}
-      fired = [d['name'] for d in suite.get('diagnostics', []) if d.get('fired')]
+      diagnostics = suite.get('diagnostics') or []
+      fired = [d['name'] for d in diagnostics if d.get('fired')]
       wall = train.get('wall_time_s')
       suite_wall = suite.get('wall_time_s')
-      verdict = '-' if not suite else (', '.join(fired) or 'none')
+      # An empty list is a suite run with --nodiagnostics: nothing was checked, nothing passed.
+      verdict = ('-' if not suite else 'not run' if not diagnostics else
+                 (', '.join(fired) or 'none'))
       lines.append(
           f'| {os.path.basename(os.path.normpath(run.model_dir))} | {run.seed} | '
           f'{train.get("final_step", "-")} | {"-" if wall is None else f"{wall:.0f}"} | '

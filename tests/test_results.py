@@ -13,7 +13,7 @@ from aad_tf import results
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_run(path, seed, suite=None, closing=None, train=None, fired=()):
+def make_run(path, seed, suite=None, closing=None, train=None, fired=(), diagnostics=True):
   path.mkdir(parents=True)
   (path / 'config.json').write_text(json.dumps({'seed': seed, 'dataset': 'mnist'}))
   if closing is not None:
@@ -23,7 +23,8 @@ def make_run(path, seed, suite=None, closing=None, train=None, fired=()):
   if suite is not None:
     (path / 'robustness.json').write_text(json.dumps({
         'num_examples': 1000, 'accuracy': suite, 'wall_time_s': 12.0, 'seed': seed,
-        'diagnostics': [{'name': n, 'fired': True} for n in fired]}))
+        'diagnostics': [{'name': n, 'fired': True} for n in fired] +
+                       ([{'name': 'eps_sweep_not_zero', 'fired': False}] if diagnostics else [])}))
   return str(path)
 
 
@@ -56,6 +57,12 @@ def test_aad_minus_base_and_fired_diagnostics(tmp_path):
   assert '| Kannan ALP + AAD vs Kannan ALP | +1.00 | -5.00 | +2.00 |' in table
   assert results.difference_table(rows[:1]) == ''
   assert 'square_vs_pgd' in results.runs_table(rows)
+
+
+def test_a_suite_without_diagnostics_says_so(tmp_path):
+  run = make_run(tmp_path / 'c', 0, suite={'clean': 0.35}, diagnostics=False)
+  table = results.runs_table([results.parse_row(f'madry={run}')])
+  assert '| c | 0 | - | - | 1000 | 12 | not run |' in table
 
 
 def test_grid_pieces_extend_the_paper_grid(tmp_path):
