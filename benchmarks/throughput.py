@@ -34,18 +34,22 @@ from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('models', ['lenet:mnist:100', 'resnet9:cifar10:32'],
-                  'model:dataset:batch entries, benchmarked one after another in this run.')
-flags.DEFINE_string('data_dir', None, 'Directory with <dataset>.npz; random images if unset.')
-flags.DEFINE_integer('pgd_steps', 10, 'PGD steps of every adversarial variant and attack.')
-flags.DEFINE_integer('steps', 5, 'Timed train steps per variant per round.')
-flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.')
-flags.DEFINE_list('variants', ['raw', 'madry', 'madry_aad', 'alp', 'alp_aad'],
-                  'Training variants: <defense>[_aad].')
-flags.DEFINE_string('output', None, 'Optional JSON output path.')
-flags.DEFINE_enum('clock', 'auto', ['auto', 'wall', 'cpu'],
-                  'Timer: process CPU time is robust to other jobs sharing a CPU-only machine; '
-                  'auto = cpu without a GPU, wall with one.')
+
+
+def define_flags():
+  """The benchmark's flags (a function, so that tests can import this module)."""
+  flags.DEFINE_list('models', ['lenet:mnist:100', 'resnet9:cifar10:32'],
+                    'model:dataset:batch entries, benchmarked one after another in this run.')
+  flags.DEFINE_string('data_dir', None, 'Directory with <dataset>.npz; random images if unset.')
+  flags.DEFINE_integer('pgd_steps', 10, 'PGD steps of every adversarial variant and attack.')
+  flags.DEFINE_integer('steps', 5, 'Timed train steps per variant per round.')
+  flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.')
+  flags.DEFINE_list('variants', ['raw', 'madry', 'madry_aad', 'alp', 'alp_aad'],
+                    'Training variants: <defense>[_aad].')
+  flags.DEFINE_string('output', None, 'Optional JSON output path.')
+  flags.DEFINE_enum('clock', 'auto', ['auto', 'wall', 'cpu'],
+                    'Timer: process CPU time is robust to other jobs sharing a CPU-only machine; '
+                    'auto = cpu without a GPU, wall with one.')
 
 
 def model_flops(model: keras.Model) -> float:
@@ -256,4 +260,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
