@@ -3,7 +3,8 @@ r"""Training, Grad-CAM and attack throughput, measured in one run so that ratios
   python -m benchmarks.throughput --data_dir=../shared/data       # LeNet/MNIST and ResNet9/CIFAR-10
   python -m benchmarks.throughput --models=lenet:mnist:100 --steps=5
 
-For each --models entry (model:dataset:batch) and (raw, madry, madry+aad, alp, alp+aad at the same PGD steps) the compiled
+For each --models entry (model:dataset:batch), and for each training variant (raw, madry,
+madry+aad, alp, alp+aad at the same PGD steps), the compiled
 train step is warmed up, then the variants are timed round-robin for --rounds rounds of --steps
 steps each (interleaving spreads machine noise over all variants); the median images/s is reported
 with its ratio to madry. Also: Grad-CAM throughput (forward + backward to the Grad-CAM layer), and
