@@ -107,19 +107,21 @@ def _objective(model_fn: ModelFn, labels: tf.Tensor, loss: str, targeted: bool) 
 
 
 def attention_distance(feature_fn, x: tf.Tensor, labels: tf.Tensor, *,
-                       kappa: Union[str, float] = 'mean') -> Objective:
-  """x_adv -> mean over cells of |Att(x) - g_hat(x_adv)| (paper Eq. 11, before the minus sign).
+                       kappa: Union[str, float] = 'mean', normalize: str = 'none') -> Objective:
+  """x_adv -> ||Att(x) - g(x_adv)||_1 over the cells [B] (paper Eq. 11, before the minus sign).
 
-  Att(x) is the binary clean attention area (a constant); g_hat(x_adv) is the adversarial Grad-CAM
-  for the true class scaled into [0, 1] per image so that it is comparable with a binary mask. The
-  mean over cells (rather than the sum) keeps sigma comparable across grid sizes.
+  Att(x) is the binary clean attention area (a constant); g(x_adv) is the adversarial Grad-CAM for
+  the true class. Map and distance are AAD's own (`gradcam.gradcam(..., normalize=)` and
+  `gradcam.map_distance`, as in L_p, Eq. 9), so an attack and a defense with the same `normalize`
+  speak about the same map. With 'none' the raw map is small beside a binary area (cells ~1e-3
+  on MNIST LeNet) and the term moves little; 'max' puts the map on the area's [0, 1] scale.
   """
-  clean_cam, _ = gradcam_lib.gradcam(feature_fn, x, labels)
+  clean_cam, _ = gradcam_lib.gradcam(feature_fn, x, labels, normalize=normalize)
   att = gradcam_lib.attention_area(clean_cam, kappa=kappa)
 
   def distance(x_adv):
-    cam, _ = gradcam_lib.gradcam(feature_fn, x_adv, labels)
-    return tf.reduce_mean(tf.abs(att - gradcam_lib.normalize_cam(cam)), axis=[1, 2])
+    cam, _ = gradcam_lib.gradcam(feature_fn, x_adv, labels, normalize=normalize)
+    return gradcam_lib.map_distance(att, cam)
 
   return distance
 
@@ -240,10 +242,11 @@ def cw_linf(model_fn: ModelFn, x, y, *, eps: float, step_size: float, num_steps:
 
 def a3(feature_fn, x, y, *, base: str, eps: float, step_size: Optional[float] = None,
        num_steps: int = 1, sigma: float = 10.0, kappa: Union[str, float] = 'mean',
-       random_init: bool = False) -> tf.Tensor:
+       normalize: str = 'none', random_init: bool = False) -> tf.Tensor:
   """Attention-augmented attacks A^3 (paper Sec. 4.3, Eq. 11-13).
 
-  The ascended objective is base_objective(x_adv) + sigma * ||Att(x) - g_hat(x_adv)||_1 / cells:
+  The ascended objective is base_objective(x_adv) + sigma * ||Att(x) - g(x_adv)||_1 (the L1 sum over
+  the cells, `attention_distance`):
   for base 'stepll'/'iter_stepll' base_objective = -CE(f(x_adv), y_LL) (paper Eq. 12-13), for
   'pgd' it is CE(f(x_adv), y). The attention map is taken for the true class y.
 
@@ -254,6 +257,7 @@ def a3(feature_fn, x, y, *, base: str, eps: float, step_size: Optional[float] = 
     eps, step_size, num_steps: as for the base attack (step_size defaults to eps / num_steps).
     sigma: weight of the attention term (paper: 10).
     kappa: threshold of the clean attention area.
+    normalize: scaling of the Grad-CAM maps (`gradcam.NORMALIZATIONS`), as in training.
     random_init: random start (PGD only).
   """
   if base not in ('stepll', 'iter_stepll', 'pgd'):
@@ -271,7 +275,8 @@ def a3(feature_fn, x, y, *, base: str, eps: float, step_size: Optional[float] = 
     classify = _objective(model_fn, y, 'ce', targeted=False)
   else:
     classify = _objective(model_fn, least_likely(model_fn, x), 'ce', targeted=True)
-  attention = attention_distance(feature_fn, x, y, kappa=kappa)
+  gradcam_lib.check_normalize(normalize)
+  attention = attention_distance(feature_fn, x, y, kappa=kappa, normalize=normalize)
   objective = lambda x_adv: classify(x_adv) + sigma * attention(x_adv)
   start = random_start(x, eps) if (random_init and base == 'pgd') else x
   return tf.stop_gradient(iterate(objective, x, start, eps=eps, step_size=step_size,

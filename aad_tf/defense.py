@@ -11,6 +11,26 @@ All four forward passes of Fig. 4 share weights; the preservation term different
 Grad-CAM (second order) while the hard masks of the rectification term are constants. Only the
 classifier (`AADModel.classifier`) is ever exported.
 
+Attention passes (`DefenseConfig.attention_mode`). The base loss is computed on one training-mode
+pass (clean and adversarial images concatenated into one batch when the base defense needs both),
+so BatchNorm statistics are updated once per step, as in plain adversarial training. The four
+attention passes of Fig. 4 (g(x), g(x_adv), f(x_m), f(x_adv_m)) run:
+
+  inference (default)  with dropout off and BatchNorm on its moving statistics (not updated):
+                       noise-free, so L_p(x, x) = 0 and the rectification distance measures the
+                       mask, not two dropout draws; the maps and masked predictions are the ones
+                       the evaluation and A^3 see. Gradients still reach every weight (the
+                       moving statistics are constants, as in any inference pass). Costs one
+                       extra forward/backward pass per step over 'training'.
+  training             the earlier behaviour, kept to reproduce older runs: training mode, so every
+                       pass draws its own dropout masks and updates BatchNorm statistics (four
+                       updates per step, two of them on masked images), and the base loss reuses
+                       the Grad-CAM passes' logits.
+
+Diagnostics (`AADModel.aad_diagnostics`): on one batch, the gradient norm on the weights of
+alpha * L_r and of beta * L_p relative to that of the base loss, their cosines with it, and the
+maps' statistics; `summaries.TrainSummaries` writes them as aad/* scalars.
+
 Base defenses are small objects (`BaseDefense`) in a registry, so new ones (StepLL, ensemble,
 TRADES...) plug in without touching the step.
 """
@@ -62,6 +82,9 @@ class AttackConfig:
                                warmup_steps=0)
 
 
+ATTENTION_MODES = ('inference', 'training')
+
+
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig:
   """What the training step optimises.
@@ -80,6 +103,11 @@ class DefenseConfig:
       fraction of eps in [0, 1) (0: plain StepLL; Tramer et al.'s R+Step-LL: 0.5).
     ensemble_models: paths of the static models of 'ensemble' (.keras files or SavedModels).
     ensemble_attack: single-step attack of 'ensemble', 'stepll' or 'fgsm'.
+    gradcam_normalize: scaling of the Grad-CAM maps that L_p and the masks use, one of
+      `gradcam.NORMALIZATIONS` ('none': raw maps, the TOMM text; 'max'; 'rms_softmax': the
+      authors' TF1 code). See aad_tf.gradcam.
+    attention_mode: 'inference' (noise-free attention passes, one BatchNorm update per step) or
+      'training' (the earlier behaviour); see the module docstring.
   """
   defense: str = 'madry'
   aad: bool = False
@@ -93,6 +121,8 @@ class DefenseConfig:
   stepll_random_step: float = 0.0
   ensemble_models: Tuple[str, ...] = ()
   ensemble_attack: str = 'stepll'
+  gradcam_normalize: str = 'none'
+  attention_mode: str = 'inference'
 
   def __post_init__(self):
     object.__setattr__(self, 'ensemble_models', tuple(self.ensemble_models))
@@ -114,6 +144,10 @@ class DefenseConfig:
                        f'{self.stepll_random_step}.')
     if self.ensemble_attack not in ('stepll', 'fgsm'):
       raise ValueError(f"ensemble_attack must be 'stepll' or 'fgsm', got {self.ensemble_attack!r}.")
+    gradcam_lib.check_normalize(self.gradcam_normalize)
+    if self.attention_mode not in ATTENTION_MODES:
+      raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got '
+                       f'{self.attention_mode!r}.')
     BASE_DEFENSES[self.defense].check_config(self)
 
 
@@ -212,6 +246,26 @@ def register_defense(name: str, defense: BaseDefense) -> None:
 # ---------------------------------------------------------------------------------------------
 # The training model.
 
+@dataclasses.dataclass
+class LossTerms:
+  """The objective's terms on one batch (per example [B]) and what they were computed from.
+
+  base is the base defense's loss and parts its named parts; rect, pres, the maps [B, h, w] and
+  the attention areas [B, h, w] are set with AAD only. The logits are the training-mode ones the
+  base loss used (None where it needs none).
+  """
+  base: tf.Tensor
+  parts: Dict[str, tf.Tensor]
+  clean_logits: Optional[tf.Tensor] = None
+  adv_logits: Optional[tf.Tensor] = None
+  rect: Optional[tf.Tensor] = None
+  pres: Optional[tf.Tensor] = None
+  cam: Optional[tf.Tensor] = None
+  adv_cam: Optional[tf.Tensor] = None
+  area: Optional[tf.Tensor] = None
+  adv_area: Optional[tf.Tensor] = None
+
+
 METRIC_NAMES = ('loss', 'class_loss', 'pair_loss', 'kl_loss', 'rect_loss', 'pres_loss')
 
 
@@ -236,6 +290,7 @@ class AADModel(keras.Model):
     self._trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
     self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name='clean_acc')
     self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name='adv_acc')
+    self._diagnostics_fn = None
 
   def call(self, x, training=False):
     return self.classifier(x, training=training)
@@ -260,6 +315,57 @@ class AADModel(keras.Model):
   def inference_fn(self) -> attacks.ModelFn:
     return lambda images: self.classifier(images, training=False)
 
+  def loss_terms(self, x, y, x_adv) -> 'LossTerms':
+    """Every term of the objective on one replica's batch, per example; call under a tape."""
+    cfg = self.config
+    clean_logits = adv_logits = None
+    if cfg.aad and cfg.attention_mode == 'training':
+      # The earlier step: training-mode Grad-CAM passes whose logits the base loss reuses.
+      attention_features = self.features.fn(training=True)
+      cam, clean_logits = gradcam_lib.gradcam(attention_features, x, y,
+                                              normalize=cfg.gradcam_normalize)
+      adv_cam, adv_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
+                                                normalize=cfg.gradcam_normalize)
+      attention_logits = (clean_logits, adv_logits)
+    else:
+      clean_logits, adv_logits = self.training_logits(x, x_adv)
+      if cfg.aad:
+        attention_features = self.features.fn(training=False)
+        # Inference-mode Grad-CAM; its inner tape is recorded by the caller's tape (second order).
+        cam, clean_attention_logits = gradcam_lib.gradcam(attention_features, x, y,
+                                                          normalize=cfg.gradcam_normalize)
+        adv_cam, adv_attention_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
+                                                            normalize=cfg.gradcam_normalize)
+        attention_logits = (clean_attention_logits, adv_attention_logits)
+    base, parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
+    terms = LossTerms(base=base, parts=dict(parts), clean_logits=clean_logits,
+                      adv_logits=adv_logits)
+    if cfg.aad:
+      masked_mode = cfg.attention_mode == 'training'
+      area = gradcam_lib.attention_area(cam, kappa=cfg.kappa)
+      adv_area = gradcam_lib.attention_area(adv_cam, kappa=cfg.kappa)
+      masked = gradcam_lib.mask_attention(x, cam, area=area)
+      adv_masked = gradcam_lib.mask_attention(x_adv, adv_cam, area=adv_area)
+      terms.rect = (
+          losses.rectification(attention_logits[0],
+                               self.classifier(masked, training=masked_mode)) +
+          losses.rectification(attention_logits[1],
+                               self.classifier(adv_masked, training=masked_mode)))
+      terms.pres = losses.preservation(cam, adv_cam)
+      terms.cam, terms.adv_cam, terms.area, terms.adv_area = cam, adv_cam, area, adv_area
+    return terms
+
+  def training_logits(self, x, x_adv) -> Tuple[Optional[tf.Tensor], Optional[tf.Tensor]]:
+    """Training-mode logits of what the base loss needs, in one pass (one BatchNorm update)."""
+    need_clean = self.base_defense.needs_clean_logits or x_adv is None
+    if x_adv is None:
+      return self.classifier(x, training=True), None
+    if not need_clean:
+      return None, self.classifier(x_adv, training=True)
+    logits = self.classifier(tf.concat([x, x_adv], axis=0), training=True)
+    clean_logits, adv_logits = tf.split(logits, 2, axis=0)
+    return clean_logits, adv_logits
+
   def compute_losses(self, x, y, x_adv) -> Tuple[tf.Tensor, Dict[str, tf.Tensor],
                                                  Optional[tf.Tensor], Optional[tf.Tensor]]:
     """The full objective on one replica's batch; call under a GradientTape.
@@ -269,39 +375,86 @@ class AADModel(keras.Model):
       None, training-mode adversarial logits or None).
     """
     cfg = self.config
-    clean_logits = adv_logits = None
-    parts = {}
+    terms = self.loss_terms(x, y, x_adv)
+    per_example = terms.base
+    parts = terms.parts
     if cfg.aad:
-      # Training-mode Grad-CAM: its inner tape is recorded by the caller's tape (second order).
-      train_features = self.features.fn(training=True)
-      cam, clean_logits = gradcam_lib.gradcam(train_features, x, y)
-      adv_cam, adv_logits = gradcam_lib.gradcam(train_features, x_adv, y)
-    else:
-      if self.base_defense.needs_clean_logits:
-        clean_logits = self.classifier(x, training=True)
-      if x_adv is not None:
-        adv_logits = self.classifier(x_adv, training=True)
-    per_example, base_parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
-    parts.update(base_parts)
-    if cfg.aad:
-      masked = gradcam_lib.mask_attention(x, cam, kappa=cfg.kappa)
-      adv_masked = gradcam_lib.mask_attention(x_adv, adv_cam, kappa=cfg.kappa)
-      rect = (losses.rectification(clean_logits, self.classifier(masked, training=True)) +
-              losses.rectification(adv_logits, self.classifier(adv_masked, training=True)))
-      pres = losses.preservation(cam, adv_cam)
-      parts['rect_loss'] = rect
-      parts['pres_loss'] = pres
-      per_example = per_example + cfg.alpha * rect + cfg.beta * pres
+      parts['rect_loss'] = terms.rect
+      parts['pres_loss'] = terms.pres
+      per_example = per_example + cfg.alpha * terms.rect + cfg.beta * terms.pres
     parts['loss'] = per_example
-    return losses.average(per_example), parts, clean_logits, adv_logits
+    return losses.average(per_example), parts, terms.clean_logits, terms.adv_logits
+
+  def step_config(self) -> DefenseConfig:
+    """The config at the current optimizer step (the eps warm-up applied)."""
+    config = self.config
+    if config.attack.warmup_steps:
+      config = dataclasses.replace(config, attack=config.attack.at_step(self.optimizer.iterations))
+    return config
+
+  def aad_diagnostics(self, x, y) -> Dict[str, tf.Tensor]:
+    """Whether AAD moves the weights, measured on one batch at the current weights.
+
+    Crafts x_adv as the training step does, then takes the gradients on the trainable weights of
+    the three parts of the objective separately: g_c of the base loss, g_r of alpha * L_r and g_p
+    of beta * L_p (batch means). Nothing is updated (no optimizer step; BatchNorm statistics move
+    only if the base loss's training pass would move them, as in a training step).
+
+    Returns:
+      Scalars: grad_norm_class |g_c|, grad_ratio_rect |g_r| / |g_c|, grad_ratio_pres |g_p| / |g_c|,
+      cos_rect cos(g_r, g_c), cos_pres cos(g_p, g_c), rect_loss, pres_loss (batch means, unweighted),
+      map_mean (mean cell of the clean maps), map_max (mean over images of each map's maximum),
+      adv_map_mean, area_fraction and adv_area_fraction (fraction of the image inside the clean /
+      adversarial attention area), empty_area_fraction (images whose clean or adversarial area is
+      empty).
+    """
+    if not self.config.aad:
+      raise ValueError('aad_diagnostics needs an AAD model (DefenseConfig(aad=True)).')
+    if self._diagnostics_fn is None:
+      self._diagnostics_fn = tf.function(self._aad_diagnostics, reduce_retracing=True)
+    return self._diagnostics_fn(tf.cast(x, tf.float32), tf.cast(y, tf.int32))
+
+  def _aad_diagnostics(self, x, y):
+    cfg = self.config
+    config = self.step_config()
+    x_adv = self.base_defense.craft(self.inference_fn(), x, y, config)
+    variables = self.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+      terms = self.loss_terms(x, y, x_adv)
+      base = tf.reduce_mean(terms.base)
+      rect = cfg.alpha * tf.reduce_mean(terms.rect)
+      pres = cfg.beta * tf.reduce_mean(terms.pres)
+    g_c = _flat_gradient(tape.gradient(base, variables), variables)
+    g_r = _flat_gradient(tape.gradient(rect, variables), variables)
+    g_p = _flat_gradient(tape.gradient(pres, variables), variables)
+    del tape
+    tiny = 1e-30
+    norm_c = tf.norm(g_c)
+    cos = lambda a, b: tf.reduce_sum(a * b) / (tf.norm(a) * tf.norm(b) + tiny)
+    empty = tf.logical_or(tf.reduce_max(terms.area, axis=[1, 2]) == 0,
+                          tf.reduce_max(terms.adv_area, axis=[1, 2]) == 0)
+    f32 = lambda t: tf.cast(t, tf.float32)
+    return {
+        'grad_norm_class': norm_c,
+        'grad_ratio_rect': tf.norm(g_r) / (norm_c + tiny),
+        'grad_ratio_pres': tf.norm(g_p) / (norm_c + tiny),
+        'cos_rect': cos(g_r, g_c),
+        'cos_pres': cos(g_p, g_c),
+        'rect_loss': f32(tf.reduce_mean(terms.rect)),
+        'pres_loss': f32(tf.reduce_mean(terms.pres)),
+        'map_mean': f32(tf.reduce_mean(terms.cam)),
+        'map_max': f32(tf.reduce_mean(tf.reduce_max(terms.cam, axis=[1, 2]))),
+        'adv_map_mean': f32(tf.reduce_mean(terms.adv_cam)),
+        'area_fraction': tf.reduce_mean(gradcam_lib.area_fraction(terms.area)),
+        'adv_area_fraction': tf.reduce_mean(gradcam_lib.area_fraction(terms.adv_area)),
+        'empty_area_fraction': tf.reduce_mean(f32(empty)),
+    }
 
   def train_step(self, data):
     x, y = data
     x = tf.cast(x, tf.float32)
     y = tf.cast(y, tf.int32)
-    config = self.config
-    if config.attack.warmup_steps:
-      config = dataclasses.replace(config, attack=config.attack.at_step(self.optimizer.iterations))
+    config = self.step_config()
     x_adv = self.base_defense.craft(self.inference_fn(), x, y, config)
     with tf.GradientTape() as tape:
       loss, parts, clean_logits, adv_logits = self.compute_losses(x, y, x_adv)
@@ -330,6 +483,13 @@ class AADModel(keras.Model):
     if self.base_defense.adversarial:
       results['adv_acc'] = self.adv_acc.result()
     return results
+
+
+def _flat_gradient(grads, variables) -> tf.Tensor:
+  """One float32 vector of all gradients (None, for a weight a term does not reach, is zero)."""
+  return tf.concat([tf.reshape(tf.zeros_like(v, tf.float32) if g is None else
+                               tf.cast(g, tf.float32), [-1]) for g, v in zip(grads, variables)],
+                   axis=0)
 
 
 # Registers 'stepll', 'ensemble' and 'trades', so the registry is complete whenever this module is.

@@ -139,6 +139,8 @@ class AttackSettings:
     seed: base seed of the random starts.
     sigma: A^3 weight of the attention term (paper: 10).
     kappa: A^3 attention threshold: 'mean' (paper) or a number.
+    gradcam_normalize: A^3's Grad-CAM scaling (`gradcam.NORMALIZATIONS`); the same map as AAD's
+      training with that setting (trainers.evaluate uses the evaluated run's own by default).
     a3_num_steps: steps of iter_stepll, iter_stepll_a3 and pgd_a3 (paper: 3 on ImageNet at
       eps 4/255; default 10 so that pgd_a3 pairs with pgd10 of the grid).
     apgd_num_steps: APGD iterations per restart (paper: 100).
@@ -153,6 +155,7 @@ class AttackSettings:
   seed: int = 0
   sigma: float = 10.0
   kappa: Union[str, float] = 'mean'
+  gradcam_normalize: str = 'none'
   a3_num_steps: int = 10
   apgd_num_steps: int = 100
   apgd_restarts: int = 1
@@ -178,6 +181,7 @@ class AttackSettings:
       raise ValueError(f"kappa must be 'mean' or a number, got {self.kappa!r}.")
     if int(self.seed) != self.seed or self.seed < 0:
       raise ValueError(f'seed must be a non-negative integer, got {self.seed!r}.')
+    gradcam_lib.check_normalize(self.gradcam_normalize)
 
 
 # run(target, x [B,H,W,C], y [B], seed int32 [2]) -> x_adv [B,H,W,C]
@@ -241,23 +245,23 @@ def make_attack(name: str, settings: AttackSettings) -> Attack:
                   {'step_size': eps}, single_step=True)
   if name == 'iter_stepll':
     return _iterative(name, 'iter_stepll', s.a3_num_steps, 1, s)
-  a3_common = {'sigma': s.sigma, 'kappa': s.kappa}
+  a3_common = {'sigma': s.sigma, 'kappa': s.kappa, 'normalize': s.gradcam_normalize}
   if name == 'stepll_a3':
     return Attack(name, lambda t, x, y, seed: attacks_lib.a3(
-        t.feature_fn, x, y, base='stepll', eps=eps, sigma=s.sigma, kappa=s.kappa),
+        t.feature_fn, x, y, base='stepll', eps=eps, **a3_common),
                   {'step_size': eps, **a3_common}, needs_features=True, single_step=True)
   if name == 'iter_stepll_a3':
     step = eps / s.a3_num_steps
     return Attack(name, lambda t, x, y, seed: attacks_lib.a3(
         t.feature_fn, x, y, base='iter_stepll', eps=eps, step_size=step,
-        num_steps=s.a3_num_steps, sigma=s.sigma, kappa=s.kappa),
+        num_steps=s.a3_num_steps, **a3_common),
                   {'num_steps': s.a3_num_steps, 'step_size': step, **a3_common},
                   needs_features=True)
   if name == 'pgd_a3':
     step = pgd_step_size(eps, s.a3_num_steps)
     return Attack(name, lambda t, x, y, seed: attacks_lib.a3(
         t.feature_fn, x, y, base='pgd', eps=eps, step_size=step, num_steps=s.a3_num_steps,
-        sigma=s.sigma, kappa=s.kappa, random_init=True),
+        random_init=True, **a3_common),
                   {'num_steps': s.a3_num_steps, 'step_size': step, 'random_init': True,
                    **a3_common}, needs_features=True)
   if name in ('apgd_ce', 'apgd_dlr'):

@@ -8,8 +8,25 @@ with an inner `tf.GradientTape`. Called under an outer tape (training, or an att
 gradients) the inner gradient is itself recorded, so losses on g(x) get exact second-order
 gradients with respect to the weights and the input.
 
+Scaling (`normalize=`, one of `NORMALIZATIONS`): the TOMM text defines g(x) but not its scale, and
+the scale decides how much a loss weight such as the paper's alpha = beta = 0.01 moves the
+weights (raw LeNet/MNIST maps have cells of about 3e-3). Training (AAD's L_p and masks), A^3 and the
+diagnostics all take the map from `gradcam(..., normalize=...)` and compare maps with
+`map_distance` (L1 over the cells), so one setting means one definition everywhere:
+
+  none         ReLU(sum_k alpha_k A^k) as in Selvaraju et al. 2017, Eq. 1-2 and the TOMM paper,
+               Eq. 1-2: unscaled.
+  max          the same divided by its per-image maximum, into [0, 1]: the usual Grad-CAM display
+               scaling (Selvaraju et al.'s released code, pytorch-grad-cam's `scale_cam_image`).
+  rms_softmax  the authors' public TF1 code (arXiv v1): the gradients divided by their RMS
+               (+1e-5), no ReLU, and a softmax over the h x w cells, so each map sums to 1. Their
+               RMS is taken over the whole batch; here it is per image, so that an image's map does
+               not depend on its batch companions (nor on how a global batch is split over
+               replicas).
+
 Attention areas turn a map into a binary mask: `Att(x) = g(x) >= kappa` with kappa the per-image
-mean (paper default), a fixed value, or the top-k cells of the grid.
+mean (paper default), a fixed value, or the top-k cells of the grid. A map without contrast (every
+cell equal, e.g. all zero) has an empty attention area, so its masked image is the image itself.
 """
 
 from typing import Callable, Optional, Tuple, Union
@@ -58,18 +75,32 @@ class FeatureModel:
     return lambda x: self(x, training=training)
 
 
-def gradcam(feature_fn: FeatureFn, x: tf.Tensor, labels: Optional[tf.Tensor] = None,
-            ) -> Tuple[tf.Tensor, tf.Tensor]:
+NORMALIZATIONS = ('none', 'max', 'rms_softmax')
+RMS_EPSILON = 1e-5    # the authors' code: grads / (sqrt(mean(grads ** 2)) + 1e-5)
+MAX_EPSILON = 1e-12   # keeps an all-zero map at zero under 'max'
+
+
+def check_normalize(normalize: str) -> str:
+  if normalize not in NORMALIZATIONS:
+    raise ValueError(f'gradcam normalize must be one of {NORMALIZATIONS}, got {normalize!r}.')
+  return normalize
+
+
+def gradcam(feature_fn: FeatureFn, x: tf.Tensor, labels: Optional[tf.Tensor] = None, *,
+            normalize: str = 'none') -> Tuple[tf.Tensor, tf.Tensor]:
   """Batched Grad-CAM, differentiable with respect to weights and input.
 
   Args:
     feature_fn: x -> (features [B, h, w, K], logits [B, C]), e.g. `FeatureModel.fn()`.
     x: images [B, H, W, C].
     labels: int [B], the class explained for each image; None uses the predicted class.
+    normalize: the map's scaling, one of `NORMALIZATIONS` (see the module docstring).
 
   Returns:
-    (cam [B, h, w] >= 0, float32 or float64 as the features, logits [B, C]).
+    (cam [B, h, w] >= 0, float32 or float64 as the features, logits [B, C]). Under 'max' every
+    map lies in [0, 1]; under 'rms_softmax' every map sums to 1.
   """
+  check_normalize(normalize)
   x = tf.convert_to_tensor(x)
   with tf.GradientTape() as tape:
     # Watching x records the whole forward pass even when no weight is trainable (frozen models,
@@ -86,8 +117,19 @@ def gradcam(feature_fn: FeatureFn, x: tf.Tensor, labels: Optional[tf.Tensor] = N
                      'path from the input to the logits, and do not wrap feature_fn alone in a '
                      'tf.function (wrap the code that calls gradcam instead).')
   features = full_precision(features)
-  weights = tf.reduce_mean(tf.cast(grads, features.dtype), axis=[1, 2], keepdims=True)  # [B,1,1,K]
-  cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+  grads = tf.cast(grads, features.dtype)
+  if normalize == 'rms_softmax':
+    rms = tf.sqrt(tf.reduce_mean(tf.square(grads), axis=[1, 2, 3], keepdims=True))
+    grads = grads / (rms + RMS_EPSILON)
+  weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)  # [B, 1, 1, K]
+  weighted = tf.reduce_sum(weights * features, axis=-1)  # [B, h, w]
+  if normalize == 'rms_softmax':
+    shape = tf.shape(weighted)
+    cam = tf.reshape(tf.nn.softmax(tf.reshape(weighted, [shape[0], -1]), axis=-1), shape)
+  else:
+    cam = tf.nn.relu(weighted)
+    if normalize == 'max':
+      cam = normalize_cam(cam)
   return cam, logits
 
 
@@ -97,8 +139,8 @@ def full_precision(t: tf.Tensor) -> tf.Tensor:
   return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t
 
 
-def normalize_cam(cam: tf.Tensor, epsilon: float = 1e-12) -> tf.Tensor:
-  """Scales each map [B, h, w] into [0, 1] by its maximum (differentiable)."""
+def normalize_cam(cam: tf.Tensor, epsilon: float = MAX_EPSILON) -> tf.Tensor:
+  """Scales each map [B, h, w] into [0, 1] by its maximum (differentiable; zero stays zero)."""
   peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
   return cam / (peak + epsilon)
 
@@ -129,7 +171,21 @@ def attention_area(cam: tf.Tensor, *, kappa: Union[str, float] = 'mean',
     threshold = tf.reduce_mean(cam, axis=[1, 2], keepdims=True)
   else:
     threshold = tf.constant(float(kappa), cam.dtype)
-  return tf.cast(cam >= threshold, cam.dtype)
+  # Without contrast (an all-zero map: kappa = mean = 0 and every cell >= 0) every cell would pass
+  # and the masked image would be black; such a map points nowhere, so its area is empty.
+  contrast = (tf.reduce_max(cam, axis=[1, 2], keepdims=True) >
+              tf.reduce_min(cam, axis=[1, 2], keepdims=True))
+  return tf.cast(tf.logical_and(cam >= threshold, contrast), cam.dtype)
+
+
+def map_distance(cam_a: tf.Tensor, cam_b: tf.Tensor) -> tf.Tensor:
+  """||a - b||_1 over the grid, per image [B]: the distance of L_p (Eq. 9) and of A^3 (Eq. 11)."""
+  return tf.reduce_sum(tf.abs(full_precision(cam_a) - full_precision(cam_b)), axis=[1, 2])
+
+
+def area_fraction(area: tf.Tensor) -> tf.Tensor:
+  """Fraction of each image [B] inside a binary attention area [B, h, w] (cells are equal-sized)."""
+  return tf.reduce_mean(tf.cast(area, tf.float32), axis=[1, 2])
 
 
 def upsample_mask(mask: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
@@ -142,7 +198,17 @@ def upsample_cam(cam: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   return tf.image.resize(cam[..., None], size, method='bilinear')[..., 0]
 
 
-def mask_attention(x: tf.Tensor, cam: tf.Tensor, *, kappa: Union[str, float] = 'mean') -> tf.Tensor:
-  """The rectification input x_m = x * (1 - Att(x)) (paper Eq. 7); the mask is a constant."""
-  mask = upsample_mask(attention_area(cam, kappa=kappa), tf.shape(x)[1:3])
+def mask_attention(x: tf.Tensor, cam: tf.Tensor, *, kappa: Union[str, float] = 'mean',
+                   area: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """The rectification input x_m = x * (1 - Att(x)) (paper Eq. 7); the mask is a constant.
+
+  Args:
+    x: images [B, H, W, C].
+    cam: their maps [B, h, w].
+    kappa: threshold of the attention area.
+    area: the attention area [B, h, w] if already computed (then cam and kappa are unused).
+  """
+  if area is None:
+    area = attention_area(cam, kappa=kappa)
+  mask = upsample_mask(area, tf.shape(x)[1:3])
   return x * (1.0 - tf.cast(mask, x.dtype))

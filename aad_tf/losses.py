@@ -8,6 +8,7 @@ the sum over replicas that Keras optimizers apply yields the mean over the globa
 import tensorflow as tf
 
 from aad_tf.gradcam import full_precision
+from aad_tf.gradcam import map_distance
 
 CLASSIFICATION_LOSSES = ('ce', 'soft_margin')
 
@@ -62,4 +63,4 @@ def rectification(logits: tf.Tensor, masked_logits: tf.Tensor) -> tf.Tensor:
 
 def preservation(cam: tf.Tensor, adv_cam: tf.Tensor) -> tf.Tensor:
   """L_p (Eq. 9): ||g(x) - g(x_adv)||_1 over the Grad-CAM grid, per example."""
-  return tf.reduce_sum(tf.abs(full_precision(cam) - full_precision(adv_cam)), axis=[1, 2])
+  return map_distance(cam, adv_cam)

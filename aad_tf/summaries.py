@@ -11,6 +11,11 @@
            `image_every` steps, and when a fit call ends. The step slider of the Images dashboard
            replays the paper's Fig. 6 evolution live.
   hparams  the run's hyperparameters (HParams dashboard), once when training starts.
+  aad/*    for AAD runs given a diagnostic batch: `AADModel.aad_diagnostics` on that fixed batch
+           of training images at every scalar write - aad/grad_ratio_rect and
+           aad/grad_ratio_pres (gradient norm on the weights of alpha * L_r and beta * L_p over
+           that of the base loss), aad/cos_rect, aad/cos_pres, aad/map_mean, aad/map_max,
+           aad/area_fraction, ... A ratio near 0 means AAD is not moving the weights.
 
 `write_eval_scalars` adds the closing evaluation (eval/<attack>) to the same directory, so the
 HParams dashboard can compare runs of a sweep by robust accuracy.
@@ -79,6 +84,13 @@ class TrainSummaries(keras.callbacks.Callback):
     run_name: the HParams trial id (default: the directory above log_dir).
     gradcam_layer: override the model's Grad-CAM layer.
     attack: override the model's training attack for the panel.
+    diagnostic_images: float32 [N, H, W, C] in [0, 1], a fixed batch of training images for the
+      aad/* diagnostics of AAD models (None: no diagnostics).
+    diagnostic_labels: int [N] their classes.
+
+  Attributes:
+    aad_history: [{'step': s, name: value, ...}] of every aad/* write of this callback.
+    diagnostic_seconds: time spent in the diagnostics (part of `seconds`).
   """
 
   def __init__(self, log_dir: str, *, scalar_every: int = 100,
@@ -86,7 +98,9 @@ class TrainSummaries(keras.callbacks.Callback):
                class_names: Optional[Sequence[str]] = None, image_every: int = 200,
                hparams: Optional[Mapping[str, Any]] = None, run_name: Optional[str] = None,
                gradcam_layer: Optional[str] = None,
-               attack: Optional[defense_lib.AttackConfig] = None):
+               attack: Optional[defense_lib.AttackConfig] = None,
+               diagnostic_images: Optional[np.ndarray] = None,
+               diagnostic_labels: Optional[np.ndarray] = None):
     super().__init__()
     for name, value in (('scalar_every', scalar_every), ('image_every', image_every)):
       if int(value) != value or value < 1:
@@ -99,6 +113,19 @@ class TrainSummaries(keras.callbacks.Callback):
       if images.ndim != 4 or labels.shape != (len(images),) or not len(images):
         raise ValueError(f'images must be [N, H, W, C] and labels [N] with N >= 1, got '
                          f'{images.shape} and {labels.shape}.')
+    if (diagnostic_images is None) != (diagnostic_labels is None):
+      raise ValueError('diagnostic_images and diagnostic_labels go together.')
+    if diagnostic_images is not None:
+      diagnostic_images = np.asarray(diagnostic_images, np.float32)
+      diagnostic_labels = np.asarray(diagnostic_labels).astype(np.int32)
+      if (diagnostic_images.ndim != 4 or not len(diagnostic_images) or
+          diagnostic_labels.shape != (len(diagnostic_images),)):
+        raise ValueError(f'diagnostic_images must be [N, H, W, C] and diagnostic_labels [N] with '
+                         f'N >= 1, got {diagnostic_images.shape} and {diagnostic_labels.shape}.')
+    self._diagnostic_batch = (None if diagnostic_images is None else
+                              (tf.constant(diagnostic_images), tf.constant(diagnostic_labels)))
+    self.aad_history = []
+    self.diagnostic_seconds = 0.0
     self.log_dir = log_dir
     self.scalar_every = int(scalar_every)
     self.image_every = int(image_every)
@@ -182,10 +209,37 @@ class TrainSummaries(keras.callbacks.Callback):
       if self._step > last_step:
         tf.summary.scalar('train/steps_per_sec', (self._step - last_step) /
                           max(started - last_time, 1e-9))
+      self._write_diagnostics()
     self._last = (self._count, means)
     self._last_time = (self._step, time.time())
     self._last_scalar_step = self._step
     self.seconds += time.time() - started
+
+  def _write_diagnostics(self) -> None:
+    """aad/* scalars of the diagnostic batch (AAD models only); call inside the writer."""
+    config = getattr(self.model, 'config', None)
+    if self._diagnostic_batch is None or not getattr(config, 'aad', False):
+      return
+    started = time.time()
+    values = {name: float(value) for name, value in
+              self.model.aad_diagnostics(*self._diagnostic_batch).items()}
+    for name, value in values.items():
+      tf.summary.scalar(f'aad/{name}', value)
+    self.aad_history.append({'step': self._step, **values})
+    self.diagnostic_seconds += time.time() - started
+    logging.info('AAD at step %d: grad ratio rect %.4f pres %.4f (cos %.2f, %.2f), map mean %.3g '
+                 'max %.3g, area %.2f.', self._step, values['grad_ratio_rect'],
+                 values['grad_ratio_pres'], values['cos_rect'], values['cos_pres'],
+                 values['map_mean'], values['map_max'], values['area_fraction'])
+
+  def aad_summary(self) -> Optional[Dict[str, Any]]:
+    """The diagnostics of this callback for eval.json: every write and the mean over them."""
+    if not self.aad_history:
+      return None
+    names = [name for name in self.aad_history[0] if name != 'step']
+    return {'history': self.aad_history,
+            'mean': {name: float(np.mean([h[name] for h in self.aad_history])) for name in names},
+            'seconds': self.diagnostic_seconds}
 
   def _learning_rate(self) -> float:
     optimizer = self.model.optimizer

@@ -33,6 +33,7 @@ from absl import logging
 from aad_tf import data as data_lib
 from aad_tf import diagnostics as diagnostics_lib
 from aad_tf import evaluation
+from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf import training
 from trainers import common_flags
@@ -70,6 +71,9 @@ def define_flags() -> None:
   flags.DEFINE_float('sigma', 10.0, 'A^3 weight of the attention term (paper: 10).',
                      lower_bound=0.0)
   flags.DEFINE_string('kappa', 'mean', "A^3 attention threshold: 'mean' or a number.")
+  flags.DEFINE_enum('gradcam_normalize', None, list(gradcam_lib.NORMALIZATIONS),
+                    "A^3's Grad-CAM scaling (default: the run's own --gradcam_normalize, else "
+                    "'none'); the same map that AAD trains with (aad_tf.gradcam).")
   flags.DEFINE_integer('a3_num_steps', 10,
                        'Steps of iter_stepll, iter_stepll_a3 and pgd_a3 (paper: 3 on ImageNet).',
                        lower_bound=1)
@@ -116,10 +120,10 @@ class Source:
   """What is evaluated: target, dataset name, defaults taken from the run, where to write."""
 
   def __init__(self, target, dataset, model_name, origin, output_dir, data_dir=None,
-               data_source='auto', eps=None, seed=None):
+               data_source='auto', eps=None, seed=None, gradcam_normalize=None):
     self.target, self.dataset, self.model_name, self.origin = target, dataset, model_name, origin
     self.output_dir, self.data_dir, self.data_source = output_dir, data_dir, data_source
-    self.eps, self.seed = eps, seed
+    self.eps, self.seed, self.gradcam_normalize = eps, seed, gradcam_normalize
 
 
 def load_run(model_dir: str) -> Source:
@@ -147,7 +151,8 @@ def load_run(model_dir: str) -> Source:
   eps = float(run_flags['eval_eps']) if run_flags.get('eval_eps') not in (None, '', 'None') \
       else None
   return Source(evaluation.Target.from_keras(classifier, layer), config.dataset, config.model,
-                origin, model_dir, config.data_dir, config.data_source, eps, config.seed)
+                origin, model_dir, config.data_dir, config.data_source, eps, config.seed,
+                config.defense.gradcam_normalize)
 
 
 def load_exported(path: str) -> Source:
@@ -211,9 +216,11 @@ def main(argv):
   if eps is None:
     eps = source.eps if source.eps is not None else evaluation.DEFAULT_EPS[source.dataset]
   seed = FLAGS.seed if (FLAGS['seed'].present or source.seed is None) else source.seed
+  gradcam_normalize = FLAGS.gradcam_normalize or source.gradcam_normalize or 'none'
   try:
     attacks = evaluation.standard_attacks(
         FLAGS.attacks, eps=eps, seed=seed, sigma=FLAGS.sigma, kappa=kappa,
+        gradcam_normalize=gradcam_normalize,
         a3_num_steps=FLAGS.a3_num_steps, apgd_num_steps=FLAGS.apgd_num_steps,
         apgd_restarts=FLAGS.apgd_restarts, apgd_target_classes=FLAGS.apgd_target_classes,
         square_queries=FLAGS.square_queries, square_p_init=FLAGS.square_p_init,
@@ -252,11 +259,12 @@ def main(argv):
   payload = {'dataset': source.dataset, 'model': source.model_name, 'source': source.origin,
              'eps': eps, 'seed': seed, 'first_example': FLAGS.eval_offset,
              'wall_time_s': wall_time, 'versions': versions(),
-             'settings': {name: FLAGS[name].value for name in (
+             'settings': {'gradcam_normalize': gradcam_normalize, **{
+                 name: FLAGS[name].value for name in (
                  'sigma', 'kappa', 'a3_num_steps', 'apgd_num_steps', 'apgd_restarts',
                  'apgd_target_classes', 'square_queries', 'square_p_init',
                  'adaptive_num_steps', 'adaptive_weight', 'diagnostic_examples', 'sweep_steps',
-                 'curve_steps', 'batch_size')},
+                 'curve_steps', 'batch_size')}},
              **report.to_json()}
   training.write_json(os.path.join(output_dir, 'robustness.json'), payload)
   header = (f'# Robustness of {row_name}\n\n{source.dataset}, eps {eps:.4f}, '

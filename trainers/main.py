@@ -22,6 +22,7 @@ from aad_tf import distribute
 from aad_tf import evaluation
 from aad_tf import export as export_lib
 from aad_tf import figures
+from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf import overfitting
 from aad_tf import summaries
@@ -54,6 +55,15 @@ def define_flags() -> None:
   flags.DEFINE_float('alpha', 0.01, 'Weight of the rectification loss.', lower_bound=0.0)
   flags.DEFINE_float('beta', 0.01, 'Weight of the preservation loss.', lower_bound=0.0)
   flags.DEFINE_string('kappa', 'mean', "Attention threshold: 'mean' or a number.")
+  flags.DEFINE_enum('gradcam_normalize', 'none', list(gradcam_lib.NORMALIZATIONS),
+                    "Scaling of the Grad-CAM maps of L_p and the masks: none (raw, the TOMM "
+                    "text), max (per-image max) or rms_softmax (the authors' TF1 code).")
+  flags.DEFINE_enum('attention_mode', 'inference', list(defense_lib.ATTENTION_MODES),
+                    "AAD's attention passes: inference (no dropout noise, one BatchNorm update "
+                    "per step) or training (the earlier behaviour).")
+  flags.DEFINE_integer('aad_diagnostics_examples', 100,
+                       'Training images of the aad/* TensorBoard diagnostics, computed every '
+                       '--log_every steps (0: off).', lower_bound=0)
   flags.DEFINE_enum('classification_loss', 'ce', ['ce', 'soft_margin'],
                     'L_c: cross-entropy or multi-label soft margin (the paper).')
   flags.DEFINE_float('alp_weight', 0.5, 'Logit-pairing weight for --defense=alp.',
@@ -139,7 +149,8 @@ def config_from_flags() -> training.TrainConfig:
         kappa=common_flags.parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
         alp_weight=FLAGS.alp_weight, attack=attack, trades_beta=FLAGS.trades_beta,
         stepll_random_step=FLAGS.stepll_random_step, ensemble_models=FLAGS.ensemble_models,
-        ensemble_attack=FLAGS.ensemble_attack)
+        ensemble_attack=FLAGS.ensemble_attack, gradcam_normalize=FLAGS.gradcam_normalize,
+        attention_mode=FLAGS.attention_mode)
     config = training.TrainConfig(
         model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         data_source=FLAGS.data_source, download=FLAGS.download, model=FLAGS.model,
@@ -170,15 +181,22 @@ def eval_eps() -> float:
 def summary_callback(config: training.TrainConfig, arrays: data_lib.Arrays
                      ) -> summaries.TrainSummaries:
   """TensorBoard scalars, hparams and an activation-map panel of fixed test images."""
-  images = labels = None
+  images = labels = diagnostic_images = diagnostic_labels = None
   if FLAGS.summary_images:
     x_test, y_test = arrays.split('test')
     index = figures.pick_examples(y_test, min(FLAGS.summary_images, len(y_test)))
     images, labels = x_test[index], y_test[index]
+  if config.defense.aad and FLAGS.aad_diagnostics_examples:
+    # A fixed batch of training images (the first of the train split), so that successive
+    # points of the aad/* curves differ by the weights only.
+    x_train, y_train = arrays.split('train')
+    diagnostic_images = x_train[:FLAGS.aad_diagnostics_examples]
+    diagnostic_labels = y_train[:FLAGS.aad_diagnostics_examples]
   return summaries.TrainSummaries(
       summaries.log_dir(config.model_dir), scalar_every=config.log_every, images=images,
       labels=labels, class_names=figures.class_names(config.dataset, config.info.num_classes),
-      image_every=FLAGS.summary_every, hparams=config.to_json())
+      image_every=FLAGS.summary_every, hparams=config.to_json(),
+      diagnostic_images=diagnostic_images, diagnostic_labels=diagnostic_labels)
 
 
 def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays
@@ -242,8 +260,8 @@ def main(argv):
   guard = overfit_guard(config, arrays) if arrays is not None else None
   shown = arrays if arrays is not None else (
       imagenet_sample(config, FLAGS.summary_images) if FLAGS.summary_images else None)
-  callbacks = [*([summary_callback(config, shown)] if shown is not None else []),
-               *([guard] if guard else [])]
+  writer = summary_callback(config, shown) if shown is not None else None
+  callbacks = [*([writer] if writer else []), *([guard] if guard else [])]
   started = time.time()
   model = training.train(config, arrays, callbacks=callbacks, strategy=strategy)
   train_wall_time = time.time() - started
@@ -268,7 +286,8 @@ def main(argv):
                        # included; final_step is the optimizer step the model was trained to.
                        'train': {'final_step': int(model.optimizer.iterations.numpy()),
                                  'wall_time_s': train_wall_time},
-                       'overfit_guard': guard.summary() if guard else None})
+                       'overfit_guard': guard.summary() if guard else None,
+                       'aad_diagnostics': writer.aad_summary() if writer else None})
   summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
                                int(model.optimizer.iterations.numpy()),
                                report.to_json()['accuracy'])
