@@ -45,8 +45,14 @@ def define_flags():
   flags.DEFINE_integer('pgd_steps', 10, 'PGD steps of every adversarial variant and attack.')
   flags.DEFINE_integer('steps', 5, 'Timed train steps per variant per round.')
   flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.')
-  flags.DEFINE_list('variants', ['raw', 'madry', 'madry_aad', 'alp', 'alp_aad'],
-                    'Training variants: <defense>[_aad].')
+  flags.DEFINE_list('variants', ['raw', 'madry', 'madry_aad', 'madry_aad_training', 'alp',
+                                 'alp_aad', 'alp_aad_training'],
+                    "Training variants: <defense>[_aad[_training]]; _aad runs AAD's attention "
+                    "passes in inference mode (the default), _aad_training in training mode (the "
+                    "earlier step: no extra classification pass, dropout noise, four BatchNorm "
+                    "updates).")
+  flags.DEFINE_integer('log_every', 100,
+                       'The interval at which the aad/* diagnostics cost is reported.')
   flags.DEFINE_string('output', None, 'Optional JSON output path.')
   flags.DEFINE_enum('clock', 'auto', ['auto', 'wall', 'cpu'],
                     'Timer: process CPU time is robust to other jobs sharing a CPU-only machine; '
@@ -135,12 +141,13 @@ def default_eps(info) -> float:
 
 def build_trainer(model_name: str, variant: str, info) -> defense_lib.AADModel:
   defense, _, aad = variant.partition('_')
+  aad, _, mode = aad.partition('_')
   defense = 'none' if defense == 'raw' else defense
   classifier = models.get_model(model_name, input_shape=info.image_shape,
                                 num_classes=info.num_classes)
   eps = default_eps(info)
   config = defense_lib.DefenseConfig(
-      defense=defense, aad=aad == 'aad',
+      defense=defense, aad=aad == 'aad', attention_mode=mode or 'inference',
       attack=defense_lib.AttackConfig(eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps))
   model = defense_lib.AADModel(classifier, models.get_spec(model_name).gradcam_layer, config)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -189,6 +196,24 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   for base in ('madry', 'alp'):
     if base in train and f'{base}_aad' in train:
       results[f'aad_time_ratio_vs_{base}'] = train[base] / train[f'{base}_aad']
+    if f'{base}_aad' in train and f'{base}_aad_training' in train:
+      # The cost of noise-free attention passes and one BatchNorm update over the earlier step.
+      results[f'{base}_aad_inference_vs_training_time'] = (train[f'{base}_aad_training'] /
+                                                           train[f'{base}_aad'])
+
+  # The aad/* diagnostics (summaries.TrainSummaries, every --log_every steps) against a step.
+  aad_variant = next((v for v in steps if v.endswith('_aad')), None)
+  if aad_variant:
+    model = build_trainer(model_name, aad_variant, info)
+    diagnostics = lambda: model.aad_diagnostics(x, y)['grad_ratio_pres']
+    diagnostics()  # trace
+    reps = max(FLAGS.steps, 3)
+    call_seconds = time_call(diagnostics, reps) / reps
+    step_seconds = b / train[aad_variant]
+    results['aad_diagnostics'] = {
+        'variant': aad_variant, 'seconds_per_call': call_seconds,
+        'calls_per_step_time': call_seconds / step_seconds, 'log_every': FLAGS.log_every,
+        'fraction_of_training_time': call_seconds / (FLAGS.log_every * step_seconds)}
 
   # Grad-CAM and attack throughput on one classifier.
   classifier = models.get_model(model_name, input_shape=info.image_shape,
@@ -229,6 +254,14 @@ def report(r: dict, clock_name: str) -> str:
   for base in ('madry', 'alp'):
     if f'aad_time_ratio_vs_{base}' in r:
       lines.append(f'{base}+aad step time / {base}: {r[f"aad_time_ratio_vs_{base}"]:.2f}x')
+    if f'{base}_aad_inference_vs_training_time' in r:
+      lines.append(f'{base}+aad inference-mode attention passes / training-mode (earlier step): '
+                   f'{r[f"{base}_aad_inference_vs_training_time"]:.2f}x step time')
+  if 'aad_diagnostics' in r:
+    d = r['aad_diagnostics']
+    lines.append(f'aad/* diagnostics: {d["calls_per_step_time"]:.2f} step times per call, '
+                 f'{100 * d["fraction_of_training_time"]:.2f}% of training time at '
+                 f'--log_every={d["log_every"]}')
   fwd, cam = r['forward_images_per_s'], r['gradcam_images_per_s']
   lines += [f'forward: {fwd:.0f} images/s; Grad-CAM: {cam:.0f} images/s ({cam / fwd:.2f}x forward)',
             f'PGD-{k}: {r[f"pgd{k}_images_per_s"]:.1f} images/s = '

@@ -110,3 +110,39 @@ def test_bad_arguments_fail_early(kwargs, match):
   with pytest.raises(ValueError, match=match):
     attacks.pgd(lambda x: tf.zeros([1, 10]), tf.zeros([1, 28, 28, 1]), tf.zeros([1], tf.int32),
                 **kwargs)
+
+
+@pytest.mark.parametrize('base', ['pgd', 'iter_stepll'])
+def test_a3_with_sigma_zero_is_its_base_attack_and_sigma_changes_it(base, trained_lenet):
+  classifier, x, y = trained_lenet
+  x, y = x[:50], y[:50]
+  model_fn = lambda images: classifier(images, training=False)
+  features = gradcam.FeatureModel(classifier, 'gradcam').fn()
+  run = lambda sigma: attacks.a3(features, x, y, base=base, eps=EPS, step_size=EPS / 4,
+                                 num_steps=5, sigma=sigma, normalize='max').numpy()
+  if base == 'pgd':
+    plain = attacks.pgd(model_fn, x, y, eps=EPS, step_size=EPS / 4, num_steps=5,
+                        random_init=False).numpy()
+  else:
+    plain = attacks.iter_stepll(model_fn, x, y, eps=EPS, step_size=EPS / 4, num_steps=5).numpy()
+  np.testing.assert_allclose(run(0.0), plain, atol=1e-6)
+  assert np.mean(np.abs(run(10.0) - plain) > 1e-3) > 0.01
+
+
+def test_attention_distance_matches_numpy(trained_lenet):
+  classifier, x, y = trained_lenet
+  x, y = x[:20], y[:20]
+  features = gradcam.FeatureModel(classifier, 'gradcam').fn()
+  x_adv = np.clip(x + 0.2 * np.sign(np.random.default_rng(0).normal(size=x.shape)), 0, 1)
+  x_adv = x_adv.astype(np.float32)
+  for normalize in ('none', 'max'):
+    distance = attacks.attention_distance(features, x, y, normalize=normalize)(x_adv).numpy()
+    clean = gradcam.gradcam(features, x, y)[0].numpy()
+    adv = gradcam.gradcam(features, x_adv, y)[0].numpy()
+    if normalize == 'max':
+      clean = clean / (clean.max(axis=(1, 2), keepdims=True) + 1e-12)
+      adv = adv / (adv.max(axis=(1, 2), keepdims=True) + 1e-12)
+    contrast = clean.max(axis=(1, 2), keepdims=True) > clean.min(axis=(1, 2), keepdims=True)
+    area = ((clean >= clean.mean(axis=(1, 2), keepdims=True)) & contrast).astype(np.float32)
+    np.testing.assert_allclose(distance, np.abs(area - adv).sum(axis=(1, 2)), rtol=1e-5,
+                               atol=1e-5)

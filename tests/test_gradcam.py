@@ -21,8 +21,12 @@ def small_model(dtype='float32', seed=0, size=6, channels=3, classes=4):
   return keras.Model(inputs, logits)
 
 
-def numpy_gradcam(model, x, labels):
-  """Reference: features from the model, d logit_c / d A by hand for the flatten-tanh-dense head."""
+def numpy_gradcam(model, x, labels, normalize='none'):
+  """Reference: features from the model, d logit_c / d A by hand for the flatten-tanh-dense head.
+
+  normalize: 'none', 'max' (map / its maximum) or 'rms_softmax' (the authors' TF1 code, RMS per
+  image: alpha from d_a / rms(d_a), no ReLU, softmax over the cells).
+  """
   features = keras.Model(model.inputs, model.get_layer('gradcam').output)(x).numpy()
   w1, b1 = [v.numpy().astype(np.float64) for v in model.get_layer('hidden').weights]
   w2, _ = [v.numpy().astype(np.float64) for v in model.get_layer('head').weights]
@@ -31,8 +35,16 @@ def numpy_gradcam(model, x, labels):
     pre = a.reshape(-1) @ w1 + b1
     d_hidden = w2[:, c] * (1 - np.tanh(pre) ** 2)         # d logit_c / d hidden
     d_a = (w1 @ d_hidden).reshape(a.shape)               # d logit_c / d A  [h, w, K]
+    if normalize == 'rms_softmax':
+      d_a = d_a / (np.sqrt(np.mean(d_a ** 2)) + 1e-5)
     alpha = d_a.mean(axis=(0, 1))                        # [K]
-    cams.append(np.maximum((a * alpha).sum(-1), 0.0))
+    weighted = (a * alpha).sum(-1)
+    if normalize == 'rms_softmax':
+      e = np.exp(weighted - weighted.max())
+      cams.append(e / e.sum())
+      continue
+    cam = np.maximum(weighted, 0.0)
+    cams.append(cam / (cam.max() + 1e-12) if normalize == 'max' else cam)
   return np.stack(cams)
 
 
@@ -43,6 +55,29 @@ def test_gradcam_matches_numpy_reference_per_image():
   cam, logits = gradcam.gradcam(gradcam.FeatureModel(model, 'gradcam').fn(), x, labels)
   np.testing.assert_allclose(cam.numpy(), numpy_gradcam(model, x, labels), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(logits.numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('normalize', ['max', 'rms_softmax'])
+def test_scaled_gradcam_matches_numpy_reference(normalize):
+  model = small_model()
+  x = np.random.default_rng(1).random((5, 6, 6, 3)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3, 1], np.int32)
+  fn = gradcam.FeatureModel(model, 'gradcam').fn()
+  cam, _ = gradcam.gradcam(fn, x, labels, normalize=normalize)
+  expected = numpy_gradcam(model, x, labels, normalize)
+  np.testing.assert_allclose(cam.numpy(), expected, rtol=1e-4, atol=1e-6)
+  raw, _ = gradcam.gradcam(fn, x, labels)
+  assert not np.allclose(cam.numpy(), raw.numpy(), atol=1e-3)
+  if normalize == 'max':
+    peaks = cam.numpy().max(axis=(1, 2))  # 1, or 0 for a map that ReLU zeroes entirely
+    assert np.all(np.isclose(peaks, 1.0, rtol=1e-5) | (peaks == 0)) and np.any(peaks > 0.5)
+  else:
+    np.testing.assert_allclose(cam.numpy().sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    # Per-image RMS: an image's map does not depend on its batch companions.
+    single, _ = gradcam.gradcam(fn, x[3:4], labels[3:4], normalize=normalize)
+    np.testing.assert_allclose(single.numpy()[0], cam.numpy()[3], rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match='normalize'):
+    gradcam.gradcam(fn, x, labels, normalize='l2')
 
 
 def test_gradcam_default_label_is_prediction_and_batch_independent():
@@ -100,9 +135,11 @@ def finite_difference(f, variable, index, h=1e-6):
   return (up - down) / (2 * h)
 
 
-@pytest.mark.parametrize('layer_name', ['head', 'hidden', 'conv'])
-def test_preservation_gradient_matches_float64_finite_differences(layer_name):
-  """d L_p / d W through Grad-CAM (second order), including the classifier head."""
+@pytest.mark.parametrize('layer_name, normalize', [
+    ('head', 'none'), ('hidden', 'none'), ('conv', 'none'), ('hidden', 'max'),
+    ('conv', 'rms_softmax'), ('head', 'rms_softmax')])
+def test_preservation_gradient_matches_float64_finite_differences(layer_name, normalize):
+  """d L_p / d W through Grad-CAM (second order), including the classifier head and scalings."""
   model = small_model(dtype='float64', seed=3)
   features = gradcam.FeatureModel(model, 'gradcam').fn()
   rng = np.random.default_rng(4)
@@ -111,14 +148,14 @@ def test_preservation_gradient_matches_float64_finite_differences(layer_name):
   y = np.array([0, 2, 3], np.int32)
 
   def loss():
-    cam, _ = gradcam.gradcam(features, x, y)
-    adv_cam, _ = gradcam.gradcam(features, x_adv, y)
+    cam, _ = gradcam.gradcam(features, x, y, normalize=normalize)
+    adv_cam, _ = gradcam.gradcam(features, x_adv, y, normalize=normalize)
     return float(tf.reduce_mean(losses.preservation(cam, adv_cam)).numpy())
 
   kernel = model.get_layer(layer_name).kernel
   with tf.GradientTape() as tape:
-    cam, _ = gradcam.gradcam(features, x, y)
-    adv_cam, _ = gradcam.gradcam(features, x_adv, y)
+    cam, _ = gradcam.gradcam(features, x, y, normalize=normalize)
+    adv_cam, _ = gradcam.gradcam(features, x_adv, y, normalize=normalize)
     value = tf.reduce_mean(losses.preservation(cam, adv_cam))
   grad = tape.gradient(value, kernel).numpy()
   assert np.abs(grad).max() > 0, 'no gradient reached the layer through Grad-CAM'

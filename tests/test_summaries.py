@@ -93,9 +93,13 @@ def trained_run(tmp_path_factory, shared_data_dir):
     callback = summaries.TrainSummaries(
         summaries.log_dir(model_dir), scalar_every=2, images=x_test[index],
         labels=y_test[index], class_names=figures.class_names('mnist'), image_every=2,
-        hparams=config.to_json())
+        hparams=config.to_json(), diagnostic_images=arrays.x_train[:8],
+        diagnostic_labels=arrays.y_train[:8])
     training.train(config, arrays, callbacks=[callback])
     callback.close()
+  summary = callback.aad_summary()  # of the resumed invocation: steps 6 only
+  assert [h['step'] for h in summary['history']] == [6]
+  assert summary['mean']['grad_ratio_pres'] == summary['history'][0]['grad_ratio_pres'] > 0
   summaries.write_eval_scalars(summaries.log_dir(model_dir), 6, {'clean': 0.5, 'pgd20': 0.25})
   return model_dir
 
@@ -112,6 +116,11 @@ def test_event_files_hold_scalars_images_and_hparams(trained_run):
   image = np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))
   assert image.shape == (int(height), int(width), 3) and image.std() > 10
   assert {float(v) for _, v in events['eval/pgd20']} == {0.25}
+  for tag in ('grad_ratio_rect', 'grad_ratio_pres', 'cos_rect', 'map_mean', 'map_max',
+              'area_fraction', 'empty_area_fraction'):
+    assert [s for s, _ in events[f'aad/{tag}']] == [2, 4, 6], tag
+    assert all(np.isfinite(float(v)) for _, v in events[f'aad/{tag}'])
+  assert all(float(v) > 0 for _, v in events['aad/grad_ratio_rect'])
   assert any(p == 'hparams' for p in plugins.values())
   for _, acc in events['train/clean_acc'] + events['train/adv_acc']:
     assert 0.0 <= float(acc) <= 1.0

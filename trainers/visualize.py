@@ -44,6 +44,9 @@ def define_flags() -> None:
                             'files matching GLOB (e.g. eval.json of runs at several eps); '
                             'repeatable; default one curve per --runs entry.')
   flags.DEFINE_string('output_dir', None, 'Where PNGs go (default <model_dir>/figures).')
+  flags.DEFINE_string('sweep_file', 'eval.json',
+                      "The sensitivity figure's accuracy file in each run, relative to it (e.g. "
+                      "screen/robustness.json of docs/results/aad_study.sh).")
   flags.DEFINE_string('data_dir', None, "Data directory (default: the run's --data_dir).")
   flags.DEFINE_integer('num_images', 8, 'Test images in attention and compare figures.',
                        lower_bound=1)
@@ -175,7 +178,7 @@ def draw_robustness(out: str) -> str:
 
 
 def draw_sensitivity(out: str) -> str:
-  points = [figures.sweep_point(run_dir) for run_dir in expand(FLAGS.runs)]
+  points = [figures.sweep_point(run_dir, FLAGS.sweep_file) for run_dir in expand(FLAGS.runs)]
   fig = figures.sensitivity_figure(points, fixed_alpha=FLAGS.fixed_alpha,
                                    fixed_beta=FLAGS.fixed_beta,
                                    attacks_to_plot=FLAGS.attacks or None, dpi=FLAGS.dpi,

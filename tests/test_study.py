@@ -1,0 +1,50 @@
+"""aad_tf.study: the screen table reads run directories and compares each row with Madry."""
+
+import json
+import os
+
+import pytest
+
+from aad_tf import study
+
+
+def write(path, payload):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(payload, f)
+
+
+def fake_run(root, name, *, aad, worst, scaling='max', alpha=0.1, beta=0.1, subdir='screen'):
+  run = os.path.join(root, name)
+  write(os.path.join(run, 'config.json'),
+        {'defense': {'aad': aad, 'alpha': alpha, 'beta': beta, 'gradcam_normalize': scaling}})
+  accuracy = {'clean': 0.97, 'pgd100': worst + 0.02, 'apgd_ce': worst + 0.01,
+              'square': worst + 0.03, 'worst_case': worst}
+  write(os.path.join(run, subdir, 'robustness.json'), {'accuracy': accuracy, 'num_examples': 10})
+  history = [{'step': 100, 'grad_ratio_rect': 0.2, 'grad_ratio_pres': 0.4, 'area_fraction': 0.3,
+              'empty_area_fraction': 0.0},
+             {'step': 200, 'grad_ratio_rect': 0.1, 'grad_ratio_pres': 0.2, 'area_fraction': 0.25,
+              'empty_area_fraction': 0.5}]
+  write(os.path.join(run, 'eval.json'), {'aad_diagnostics': {
+      'history': history, 'mean': {'grad_ratio_rect': 0.15, 'grad_ratio_pres': 0.3}} if aad
+      else None})
+  return run
+
+
+def test_screen_rows_and_differences_to_madry(tmp_path):
+  root = str(tmp_path)
+  fake_run(root, 'confirm_madry_s0', aad=False, worst=0.80, subdir='screen_step600')
+  fake_run(root, 'screen_max_a0.1_b0.1', aad=True, worst=0.83)
+  fake_run(root, 'screen_none_a1_b1', aad=True, worst=0.78, scaling='none', alpha=1, beta=1)
+  os.makedirs(os.path.join(root, 'screen_unfinished'))  # no evaluation yet: left out
+  rows = study.load_screen(root)
+  assert [r.name for r in rows] == ['confirm_madry_s0', 'screen_max_a0.1_b0.1',
+                                    'screen_none_a1_b1']
+  assert rows[0].scaling == '-' and rows[0].alpha == 0.0
+  assert rows[1].diagnostics_last['empty_area_fraction'] == 0.5
+  table = study.screen_table(rows)
+  lines = table.splitlines()
+  assert '| screen_max_a0.1_b0.1 | max | 0.1 | 0.1 | 97.0 | 85.0 | 84.0 | 86.0 | 83.0 | +3.0 |' \
+      in lines[3]
+  assert '| -2.0 |' in lines[4] and '0.150 / 0.100' in lines[3] and '0.300 / 0.200' in lines[3]
+  assert study.screen_json(rows)[2]['scaling'] == 'none'

@@ -1,0 +1,46 @@
+r"""Tables of the AAD study (docs/results/aad_study.sh): the screen, beside its Madry baseline.
+
+  python -m trainers.aad_study --runs=runs/aad_study --output_dir=docs/results/aad_study
+
+Writes screen.md and screen.json (see aad_tf.study) to --output_dir.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from aad_tf import study
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('runs', 'runs/aad_study', 'Directory holding the study runs.')
+  flags.DEFINE_string('output_dir', None, 'Where screen.md and screen.json go.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.output_dir:
+    raise app.UsageError('--output_dir is required.')
+  rows = study.load_screen(FLAGS.runs)
+  if not rows:
+    raise app.UsageError(f'No screen run with screen/robustness.json under {FLAGS.runs}.')
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  table = study.screen_table(rows)
+  examples = sorted({r.num_examples for r in rows})
+  with open(os.path.join(FLAGS.output_dir, 'screen.md'), 'w') as f:
+    f.write(f'# AAD screen (accuracy %, eps 0.3, test images: {examples})\n\n{table}\n')
+  with open(os.path.join(FLAGS.output_dir, 'screen.json'), 'w') as f:
+    json.dump(study.screen_json(rows), f, indent=2, sort_keys=True)
+  logging.info('Wrote %d rows to %s.', len(rows), FLAGS.output_dir)
+  print(table)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
