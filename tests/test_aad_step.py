@@ -145,8 +145,8 @@ def test_training_maps_explain_the_true_label(batch):
   assert not np.allclose(terms.cam.numpy()[wrong], predicted_cam.numpy()[wrong], atol=1e-4)
 
 
-@pytest.mark.parametrize('base', ['madry', 'alp'])
-def test_aad_with_zero_weights_is_the_base_defense_and_positive_weights_change_it(base, batch):
+def test_aad_with_zero_weights_is_the_base_defense_and_positive_weights_change_it(batch):
+  base = 'madry'
   def update(aad, alpha=0.0, beta=0.0):
     model = lenet_model(aad, base=base, alpha=alpha, beta=beta)
     tf.function(model.train_step)(batch)
