@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app
 from absl import flags
 
 from aad_tf import data as data_lib
@@ -153,3 +154,19 @@ def test_cpu_budget_rows_share_one_budget(dataset, tmp_path, monkeypatch):
   attack = first.defense.attack
   assert attack.num_steps < PAPER[dataset]['train_num_steps']
   assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.num_steps)
+
+
+def test_resnet_source_picks_the_resnet50_builder(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  FLAGS.unparse_flags()
+  FLAGS(['main', '--flagfile=flags/imagenet_alp_aad.cfg', f'--model_dir={tmp_path}',
+         '--resnet_source=keras_applications'])
+  assert main.config_from_flags().model == 'resnet50_keras_applications'
+  FLAGS.unparse_flags()
+  FLAGS(['main', '--flagfile=flags/imagenet_alp_aad.cfg', f'--model_dir={tmp_path}'])
+  assert main.config_from_flags().model == 'resnet50'  # keras-cv stays the default
+  FLAGS.unparse_flags()
+  FLAGS(['main', '--model=lenet', '--resnet_source=keras_applications',
+         f'--model_dir={tmp_path}'])
+  with pytest.raises(app.UsageError, match='--resnet_source applies to --model=resnet50'):
+    main.config_from_flags()
