@@ -19,6 +19,7 @@ from absl import logging
 from aad_tf import export as export_lib
 from aad_tf import models
 from aad_tf import training
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
@@ -96,6 +97,10 @@ def main(argv):
         f'--model_base_path={os.path.dirname(export_dir)}')
 
 
+def run() -> None:
+  """The console script `aad-export`: the same as `python -m trainers.export`."""
+  flagfiles.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

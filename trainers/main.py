@@ -28,6 +28,7 @@ from aad_tf import overfitting
 from aad_tf import summaries
 from aad_tf import training
 from trainers import common_flags
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
@@ -287,6 +288,10 @@ def main(argv):
                                report.to_json()['accuracy'])
 
 
+def run() -> None:
+  """The console script `aad-train`: the same as `python -m trainers.main`."""
+  flagfiles.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()
