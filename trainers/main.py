@@ -22,6 +22,7 @@ from aad_tf import distribute
 from aad_tf import evaluation
 from aad_tf import export as export_lib
 from aad_tf import figures
+from aad_tf import model_card
 from aad_tf import models
 from aad_tf.models import imagenet as imagenet_models
 from aad_tf import overfitting
@@ -266,6 +267,7 @@ def main(argv):
   classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
   if FLAGS.export:
     export_lib.export_all(classifier, layer, config.model_dir)
+    model_card.write(config.model_dir, os.path.join(config.model_dir, 'export'))
   dataset = closing_eval_dataset(config, arrays)
   eps = eval_eps()
   report = evaluation.evaluate(classifier, dataset,
