@@ -186,7 +186,7 @@ def render(info: Dict[str, Any]) -> str:
   training = info['training']
   evaluated = info['robustness'] != NOT_EVALUATED
   lines = [f'# Model card: {info["name"]}', '',
-           f'{info["architecture"]} ({info["architecture_description"]}) trained on '
+           f'{info["architecture"]} ({info["architecture_description"].rstrip(".")}) trained on '
            f'{info["dataset"]} by aad-tf: {training["summary"]}.', '',
            '## Robustness', '']
   if evaluated:

@@ -267,7 +267,6 @@ def main(argv):
   classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
   if FLAGS.export:
     export_lib.export_all(classifier, layer, config.model_dir)
-    model_card.write(config.model_dir, os.path.join(config.model_dir, 'export'))
   dataset = closing_eval_dataset(config, arrays)
   eps = eval_eps()
   report = evaluation.evaluate(classifier, dataset,
@@ -288,6 +287,8 @@ def main(argv):
   summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
                                int(model.optimizer.iterations.numpy()),
                                report.to_json()['accuracy'])
+  if FLAGS.export:  # after eval.json, which the card lists
+    model_card.write(config.model_dir, os.path.join(config.model_dir, 'export'))
 
 
 def run() -> None:
