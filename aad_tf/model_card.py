@@ -111,10 +111,12 @@ def training_recipe(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _autoattack_version(robustness: Dict[str, Any]) -> Optional[str]:
-  """The AutoAttack version string of a robustness.json: top level, or in its attack's settings."""
+  """The AutoAttack version string of a robustness.json: top level, its attack's settings, or
+  its `versions`."""
   settings = (robustness.get('attacks') or {}).get(AUTOATTACK)
-  version = robustness.get('autoattack_version') or (
-      settings.get('version') if isinstance(settings, dict) else None)
+  version = (robustness.get('autoattack_version') or
+             (settings.get('version') if isinstance(settings, dict) else None) or
+             (robustness.get('versions') or {}).get(AUTOATTACK))
   return str(version) if version else None
 
 

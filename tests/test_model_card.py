@@ -77,6 +77,18 @@ def test_robustness_json_without_autoattack_says_so(tmp_path):
   assert (info['clean_acc'], info['autoattack_acc'], info['eps']) == ('99.00', 'not evaluated',
                                                                       '0.3')
   assert '| AutoAttack | not evaluated |' in model_card.render(info)
+  assert info['autoattack_version'] is None
+
+
+@pytest.mark.parametrize('where', [{'autoattack_version': 'standard-1'},
+                                   {'attacks': {'autoattack': {'version': 'standard-1'}}},
+                                   {'versions': {'autoattack': 'standard-1'}}])
+def test_autoattack_version_is_read_where_robustness_json_keeps_it(tmp_path, where):
+  model_dir = write_run(tmp_path)
+  training.write_json(os.path.join(model_dir, 'robustness.json'), {
+      'eps': 0.3, 'num_examples': 10, 'accuracy': {'clean': 1.0, 'autoattack': 0.5}, **where})
+  info = model_card.model_info(model_dir, commit='x')
+  assert (info['autoattack_acc'], info['autoattack_version']) == ('50.00', 'standard-1')
 
 
 @pytest.mark.parametrize('eps, text', [(8 / 255, '8/255'), (16 / 255, '16/255'), (0.3, '0.3'),
