@@ -109,6 +109,54 @@ def test_load_npz_scales_and_adds_channel_axis(tiny_dir, source):
     arrays.x_train[0, 0, 0, 0] = 1.0
 
 
+def test_loaded_images_stay_uint8_and_read_as_float32_over_255(tiny_dir):
+  raw = _raw_mnist()
+  arrays = data.load_arrays('mnist', data_dir=str(tiny_dir))
+  assert isinstance(arrays.x_train, data.UnitImages)
+  np.testing.assert_array_equal(arrays.x_train.raw[..., 0], raw['x_train'])
+  assert not arrays.x_train.raw.flags.writeable
+  # What the pipelines capture: the uint8 pixels, not a float32 copy four times their size.
+  x_all, _ = data._as_tensors(arrays, 'train')  # pylint: disable=protected-access
+  assert x_all.dtype == tf.uint8 and x_all.shape == (NUM_TRAIN, 28, 28, 1)
+  want = raw['x_train'][..., None].astype(np.float32) / np.float32(255)
+  for got in (arrays.x_train[3:7], arrays.x_train[[5, 0]], np.asarray(arrays.x_train),
+              arrays.x_train.copy()):
+    assert got.dtype == np.float32
+  np.testing.assert_array_equal(arrays.x_train[3:7], want[3:7])
+  np.testing.assert_array_equal(arrays.x_train[[5, 0]], want[[5, 0]])
+  np.testing.assert_array_equal(np.asarray(arrays.x_train), want)
+  assert arrays.x_train[2, 10, 10, 0] == want[2, 10, 10, 0]
+
+
+def _every_pixel_value_arrays(num=40, shape=(32, 32, 3)):
+  """uint8 and float32 (x / 255) Arrays of the same images, which hold all 256 pixel values."""
+  rng = np.random.default_rng(4)
+  x = rng.integers(0, 256, (num, *shape), dtype=np.uint8)
+  x.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)
+  y = rng.integers(0, 10, num).astype(np.int32)
+  x_float = x.astype(np.float32) / np.float32(255)
+  return (data.Arrays(x, y, x[:13], y[:13]),
+          data.Arrays(x_float, y, x_float[:13], y[:13]))
+
+
+@pytest.mark.parametrize('augment', [None, 'pad_crop_flip'])
+def test_uint8_pipelines_equal_float32_ones_exactly(augment):
+  stored, scaled = _every_pixel_value_arrays()
+  assert isinstance(stored.x_train, data.UnitImages)
+  assert isinstance(scaled.x_train, np.ndarray)
+  pipelines = [
+      lambda a: data.train_dataset(a, batch_size=8, seed=3, num_steps=7, start_step=2,
+                                   augment=augment),
+      lambda a: data.eval_dataset(a, batch_size=5)]
+  for make in pipelines:
+    for (x, y), (x_want, y_want) in zip(_stream(make(stored)), _stream(make(scaled)),
+                                        strict=True):
+      assert x.dtype == np.float32
+      np.testing.assert_array_equal(x, x_want)  # bit for bit: 0 ulp
+      np.testing.assert_array_equal(y, y_want)
+  np.testing.assert_array_equal(np.asarray(stored.x_train), scaled.x_train)
+
+
 def test_load_is_cached_until_file_changes(tiny_dir):
   first = data.load_arrays('mnist', data_dir=tiny_dir)
   assert data.load_arrays('mnist', data_dir=tiny_dir) is first
@@ -274,11 +322,12 @@ def test_shared_mnist(shared_data_dir):
   arrays = data.load_arrays('mnist', data_dir=shared_data_dir, source='npz')
   assert arrays.x_train.shape == (60000, 28, 28, 1) and arrays.x_test.shape == (10000, 28, 28, 1)
   assert arrays.x_train.dtype == np.float32 and arrays.y_train.dtype == np.int32
-  assert arrays.x_train.min() == 0.0 and arrays.x_train.max() == 1.0
+  pixels = arrays.x_train.raw  # the uint8 array that stays in memory
+  assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255
   # Class counts and mean pixel from shared/data/README.md.
   np.testing.assert_array_equal(
       np.bincount(arrays.y_test), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
-  assert abs(arrays.x_train.mean(dtype=np.float64) * 255 - 33.3184) < 1e-3
+  assert abs(pixels.mean(dtype=np.float64) - 33.3184) < 1e-3
 
 
 def test_shared_cifar10_first_labels(shared_data_dir):

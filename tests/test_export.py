@@ -80,6 +80,15 @@ def exported(tmp_path_factory):
   return classifier, layer, export_dir, root
 
 
+def test_export_writes_a_model_card_beside_the_saved_model(exported):
+  _, _, export_dir, _ = exported
+  info = json.loads((export_dir / 'model_info.json').read_text())
+  assert (info['architecture'], info['dataset']) == ('lenet', 'mnist')
+  assert info['clean_acc'] == info['autoattack_acc'] == 'not evaluated'  # no robustness.json
+  assert 'AutoAttack accuracy: not evaluated' in (export_dir / 'MODEL_CARD.md').read_text()
+  assert (export_dir / 'saved_model.pb').exists()
+
+
 def inputs(n=5, seed=0):
   """Test images, two of them with values outside [0, 1] (clipped by the signatures)."""
   x = np.random.default_rng(seed).uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)

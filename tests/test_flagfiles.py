@@ -2,19 +2,25 @@
 pipeline on tiny fake inputs, without downloading anything."""
 
 import dataclasses
+import importlib
+import inspect
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app
 from absl import flags
 
 from aad_tf import data as data_lib
 from aad_tf import training
 from aad_tf.models import imagenet as imagenet_models
+from trainers import flagfiles
 from trainers import main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -153,3 +159,96 @@ def test_cpu_budget_rows_share_one_budget(dataset, tmp_path, monkeypatch):
   attack = first.defense.attack
   assert attack.num_steps < PAPER[dataset]['train_num_steps']
   assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.num_steps)
+
+
+def test_resnet_source_picks_the_resnet50_builder(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  FLAGS.unparse_flags()
+  FLAGS(['main', '--flagfile=flags/imagenet_alp_aad.cfg', f'--model_dir={tmp_path}',
+         '--resnet_source=keras_applications'])
+  assert main.config_from_flags().model == 'resnet50_keras_applications'
+  FLAGS.unparse_flags()
+  FLAGS(['main', '--flagfile=flags/imagenet_alp_aad.cfg', f'--model_dir={tmp_path}'])
+  assert main.config_from_flags().model == 'resnet50'  # keras-cv stays the default
+  FLAGS.unparse_flags()
+  FLAGS(['main', '--model=lenet', '--resnet_source=keras_applications',
+         f'--model_dir={tmp_path}'])
+  with pytest.raises(app.UsageError, match='--resnet_source applies to --model=resnet50'):
+    main.config_from_flags()
+
+
+# --- flagfiles by name (trainers/flagfiles.py) ---------------------------------
+
+
+@pytest.mark.parametrize('name', sorted(p.name for p in (ROOT / 'flags').glob('*.cfg')))
+def test_flagfile_by_name_from_elsewhere_expands_as_absl_does_from_the_root(name, tmp_path,
+                                                                            monkeypatch):
+  monkeypatch.chdir(ROOT)
+  want = FLAGS.read_flags_from_files([f'--flagfile=flags/{name}', '--seed=3'])
+  monkeypatch.chdir(tmp_path)  # no flags/ here: the name and nested includes resolve to the package
+  got = flagfiles.expand(['prog', f'--flagfile={name}', '--seed=3'])
+  assert got == ['prog', *want]
+  assert flagfiles.expand(['prog', f'--flagfile=flags/{name}', '--seed=3']) == got
+  assert len(want) > 1
+
+
+def test_flagfile_paths_that_exist_win_over_packaged_ones(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'flags').mkdir()
+  (tmp_path / 'flags' / 'mnist_base.cfg').write_text('# a local base\n--seed=9\n')
+  (tmp_path / 'mine.cfg').write_text('--flagfile=mnist_madry.cfg\n\n// comment\n  --batch_size=7  \n')
+  got = flagfiles.expand(['prog', '--flagfile', 'mine.cfg', '--', '--flagfile=x.cfg'])
+  # mnist_madry.cfg is the packaged one; its nested flags/mnist_base.cfg is the local file.
+  assert got[:2] == ['prog', '--seed=9'] and '--defense=madry' in got
+  assert '--model=lenet' not in got  # the packaged base was not read
+  assert got[-3:] == ['--batch_size=7', '--', '--flagfile=x.cfg']  # nothing expanded after --
+
+
+def test_missing_flagfile_names_where_it_looked(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(flags.CantOpenFlagFileError, match='imagenet_nope.cfg.*packaged flagfile of '
+                     + str(ROOT / 'flags')):
+    flagfiles.expand(['prog', '--flagfile=imagenet_nope.cfg'])
+  (tmp_path / 'loop.cfg').write_text('--flagfile=loop.cfg\n--seed=1\n')
+  assert flagfiles.expand(['prog', '--flagfile=loop.cfg']) == ['prog', '--seed=1']
+
+
+def test_binary_takes_a_flagfile_by_name_outside_the_checkout(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'trainers.main', '--flagfile=imagenet_alp_aad.cfg', '--helpshort'],
+      cwd=tmp_path, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='',
+                             PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr[-2000:]  # absl's exit status after help
+  assert 'FATAL' not in result.stderr and '--resnet_source' in result.stdout
+  missing = subprocess.run(
+      [sys.executable, '-m', 'trainers.main', '--flagfile=no_such.cfg'], cwd=tmp_path,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=str(ROOT)), capture_output=True,
+      text=True, timeout=120)
+  assert missing.returncode == 1 and 'Unable to open flagfile' in missing.stderr
+
+
+SCRIPTS = {'aad-train': 'main', 'aad-evaluate': 'evaluate', 'aad-export': 'export',
+           'aad-visualize': 'visualize', 'aad-analyze': 'analyze'}
+
+
+def test_console_scripts_are_the_binaries_run_functions():
+  text = (ROOT / 'setup.py').read_text()
+  for script, module in SCRIPTS.items():
+    assert f"'{script} = trainers.{module}:run'" in text
+    binary = importlib.import_module(f'trainers.{module}')
+    assert callable(binary.run) and 'flagfiles.run(main, define_flags)' in inspect.getsource(
+        binary.run)
+
+
+@pytest.mark.skipif(shutil.which('aad-train') is None, reason='aad-train is not installed')
+def test_installed_console_script_helps_as_python_m_does(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  outputs = []
+  for command in ([shutil.which('aad-train')], [sys.executable, '-m', 'trainers.main']):
+    result = subprocess.run([*command, '--flagfile=imagenet_alp_aad.cfg', '--helpshort'],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and 'FATAL' not in result.stderr, result.stderr[-2000:]
+    # Identical but for the line naming the module that defines the flags.
+    outputs.append([line for line in result.stdout.splitlines() if not line.endswith(':')
+                    or line.startswith(' ')])
+  assert outputs[0] == outputs[1] and any('--resnet_source' in line for line in outputs[0])

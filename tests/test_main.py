@@ -30,6 +30,10 @@ def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
                'export/model.keras', 'checkpoints/checkpoint'):
     assert (model_dir / path).exists(), path
   assert '--aad' in (model_dir / 'flags.txt').read_text()
+  card = json.loads((model_dir / 'export' / 'model_info.json').read_text())
+  assert card['autoattack_acc'] == 'not evaluated' and card['training']['aad']
+  assert card['closing_evaluation']['num_examples'] == 40  # written after eval.json
+  assert (model_dir / 'export' / 'MODEL_CARD.md').exists()
   config = json.loads((model_dir / 'config.json').read_text())
   assert config['defense']['aad'] and config['defense']['defense'] == 'madry'
   report = json.loads((model_dir / 'eval.json').read_text())

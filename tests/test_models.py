@@ -155,3 +155,59 @@ def test_aad_training_step_runs_in_mixed_bfloat16(tmp_path):
     assert np.isfinite(history[name][0]), name
   assert any(not np.array_equal(b, v.numpy())
              for b, v in zip(before, model.classifier.trainable_weights))
+
+
+@pytest.fixture(scope='module')
+def resnet50_keras_applications():
+  return models.get_model('resnet50_keras_applications', input_shape=(64, 64, 3), num_classes=7)
+
+
+def test_resnet50_sources_name_registered_builders():
+  assert imagenet.RESNET_SOURCES == {'keras_cv': 'resnet50',
+                                     'keras_applications': 'resnet50_keras_applications'}
+  assert (models.get_spec('resnet50_keras_applications').gradcam_layer ==
+          imagenet.RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER == 'conv5_block3_out')
+
+
+def test_resnet50_keras_applications_is_flat_with_its_gradcam_layer(resnet50_keras_applications):
+  model = resnet50_keras_applications
+  assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+  layer = model.get_layer(imagenet.RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER)
+  assert tuple(layer.output.shape[1:]) == (2, 2, 2048)
+  assert len([l for l in model.layers if l.name.endswith('_out')]) == 3 + 4 + 6 + 3
+  # keras.applications' convolutions carry a bias: one more parameter per output channel.
+  convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+  assert len(convs) == 53 and all(l.use_bias for l in convs)
+  biases = sum(l.filters for l in convs)
+  assert model.count_params() == resnet50_parameters(num_classes=7) + biases
+  norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert len(norms) == 53 and all(l.synchronized for l in norms)
+
+
+def test_resnet50_keras_applications_head_against_numpy(resnet50_keras_applications):
+  features = gradcam.FeatureModel(resnet50_keras_applications,
+                                  imagenet.RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER)
+  x = np.random.default_rng(3).uniform(size=(2, 64, 64, 3)).astype(np.float32)
+  fmap, logits = features(x)
+  dense = resnet50_keras_applications.get_layer('logits')
+  want = fmap.numpy().mean(axis=(1, 2)) @ dense.kernel.numpy() + dense.bias.numpy()
+  np.testing.assert_allclose(logits.numpy(), want, rtol=1e-4, atol=1e-5)
+  cam, _ = gradcam.gradcam(features.fn(), x, np.array([1, 6]))
+  assert cam.shape == (2, 2, 2)
+
+
+def test_resnet50_keras_applications_loads_local_backbone_weights(tmp_path,
+                                                                  resnet50_keras_applications):
+  model = resnet50_keras_applications
+  backbone = keras.Model(model.input,
+                         model.get_layer(imagenet.RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER).output)
+  path = str(tmp_path / 'backbone.weights.h5')
+  backbone.save_weights(path)
+  rebuilt = models.get_model('resnet50_keras_applications', input_shape=(64, 64, 3),
+                             num_classes=3, pretrained_weights=path)
+  for name in ('conv1_conv', 'conv5_block3_3_conv', 'conv5_block3_3_bn'):
+    for want, got in zip(model.get_layer(name).weights, rebuilt.get_layer(name).weights):
+      np.testing.assert_array_equal(got.numpy(), want.numpy())
+  assert rebuilt.get_layer('logits').kernel.shape == (2048, 3)
+  with pytest.raises(ValueError, match='at least 32x32'):
+    models.get_model('resnet50_keras_applications', input_shape=(16, 16, 3), num_classes=3)

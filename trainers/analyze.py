@@ -40,6 +40,7 @@ from aad_tf import data as data_lib
 from aad_tf import imagenet_boxes
 from aad_tf import models
 from aad_tf import training
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
@@ -270,6 +271,10 @@ def write_figures(result, analyzed, output_dir, class_names):
   return [os.path.basename(path) for path in written]
 
 
+def run() -> None:
+  """The console script `aad-analyze`: the same as `python -m trainers.analyze`."""
+  flagfiles.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

@@ -37,6 +37,7 @@ from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf import training
 from trainers import common_flags
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
@@ -278,6 +279,10 @@ def main(argv):
   logging.info('Wrote %s/robustness.json and robustness.md.', output_dir)
 
 
+def run() -> None:
+  """The console script `aad-evaluate`: the same as `python -m trainers.evaluate`."""
+  flagfiles.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

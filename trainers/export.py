@@ -2,9 +2,10 @@ r"""Exports a run's classifier as a versioned SavedModel for TF Serving, and as 
 
   python -m trainers.export --model_dir=/tmp/mnist_madry_aad --export_dir=/tmp/serving/aad/1
 
-writes /tmp/serving/aad/1/ (signatures `serving_default` and `attention`, see aad_tf/export.py)
-and /tmp/serving/aad/model-1.keras. The weights come from the run's latest checkpoint (or
---checkpoint), else from <model_dir>/export/model.keras. Serve the base directory with
+writes /tmp/serving/aad/1/ (signatures `serving_default` and `attention`, see aad_tf/export.py),
+its MODEL_CARD.md and model_info.json (from the run's config.json and robustness.json, see
+aad_tf/model_card.py), and /tmp/serving/aad/model-1.keras. The weights come from the run's latest
+checkpoint (or --checkpoint), else from <model_dir>/export/model.keras. Serve the base directory with
 
   tensorflow_model_server --rest_api_port=8501 --model_name=aad --model_base_path=/tmp/serving/aad
 """
@@ -17,8 +18,10 @@ from absl import flags
 from absl import logging
 
 from aad_tf import export as export_lib
+from aad_tf import model_card
 from aad_tf import models
 from aad_tf import training
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
@@ -87,7 +90,7 @@ def main(argv):
   classifier, layer, origin = load_classifier(FLAGS.model_dir, FLAGS.source, FLAGS.checkpoint)
   logging.info('Exporting %s from %s.', classifier.name, origin)
   export_lib.export_saved_model(classifier, layer, export_dir)
-  written = [export_dir]
+  written = [export_dir, *model_card.write(FLAGS.model_dir, export_dir)]
   if FLAGS.export_keras:
     written.append(export_lib.export_keras(
         classifier, os.path.join(os.path.dirname(export_dir), f'model-{version}.keras')))
@@ -96,6 +99,10 @@ def main(argv):
         f'--model_base_path={os.path.dirname(export_dir)}')
 
 
+def run() -> None:
+  """The console script `aad-export`: the same as `python -m trainers.export`."""
+  flagfiles.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

@@ -23,11 +23,14 @@ from aad_tf import evaluation
 from aad_tf import export as export_lib
 from aad_tf import figures
 from aad_tf import gradcam as gradcam_lib
+from aad_tf import model_card
 from aad_tf import models
+from aad_tf.models import imagenet as imagenet_models
 from aad_tf import overfitting
 from aad_tf import summaries
 from aad_tf import training
 from trainers import common_flags
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
@@ -117,6 +120,9 @@ def define_flags() -> None:
   flags.DEFINE_string('pretrained_weights', None,
                       'Local weights file to start from (resnet50: backbone weights; '
                       'inception_v3: the whole network). Never downloaded.')
+  flags.DEFINE_enum('resnet_source', 'keras_cv', list(imagenet_models.RESNET_SOURCES),
+                    'Library of --model=resnet50: keras_cv (default) or keras_applications '
+                    '(keras.applications.ResNet50, no keras-cv).')
   flags.DEFINE_integer('image_size', None, 'Input size for ImageNet (default 224).',
                        lower_bound=32)
   flags.DEFINE_string('manual_dir', None,
@@ -153,7 +159,7 @@ def config_from_flags() -> training.TrainConfig:
         attention_mode=FLAGS.attention_mode)
     config = training.TrainConfig(
         model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-        data_source=FLAGS.data_source, download=FLAGS.download, model=FLAGS.model,
+        data_source=FLAGS.data_source, download=FLAGS.download, model=model_from_flags(),
         keep_prob=FLAGS.keep_prob, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         train_steps=FLAGS.train_steps, optimizer=FLAGS.optimizer,
         learning_rate=FLAGS.learning_rate, lr_decay_rate=FLAGS.lr_decay_rate,
@@ -172,6 +178,15 @@ def config_from_flags() -> training.TrainConfig:
   except ValueError as e:
     raise app.UsageError(f'Invalid flags: {e}') from e
   return config
+
+
+def model_from_flags() -> str:
+  """The registry name of --model, with --resnet_source choosing ResNet50's library."""
+  if FLAGS.model == 'resnet50':
+    return imagenet_models.RESNET_SOURCES[FLAGS.resnet_source]
+  if FLAGS.resnet_source != 'keras_cv':
+    raise app.UsageError(f'--resnet_source applies to --model=resnet50, not {FLAGS.model}.')
+  return FLAGS.model
 
 
 def eval_eps() -> float:
@@ -291,8 +306,14 @@ def main(argv):
   summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
                                int(model.optimizer.iterations.numpy()),
                                report.to_json()['accuracy'])
+  if FLAGS.export:  # after eval.json, which the card lists
+    model_card.write(config.model_dir, os.path.join(config.model_dir, 'export'))
+
+
+def run() -> None:
+  """The console script `aad-train`: the same as `python -m trainers.main`."""
+  flagfiles.run(main, define_flags)
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

@@ -29,6 +29,7 @@ from absl import logging
 from aad_tf import data as data_lib
 from aad_tf import figures
 from aad_tf import training
+from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 FIGURES = ('attention', 'compare', 'evolution', 'robustness', 'sensitivity')
@@ -213,6 +214,10 @@ def main(argv):
     print(path)
 
 
+def run() -> None:
+  """The console script `aad-visualize`: the same as `python -m trainers.visualize`."""
+  flagfiles.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

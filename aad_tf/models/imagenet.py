@@ -1,7 +1,11 @@
-"""ImageNet backbones: ResNet50 (keras-cv) for training, InceptionV3 (keras.applications) for analysis.
+"""ImageNet backbones: ResNet50 (keras-cv, or keras.applications) for training, InceptionV3
+(keras.applications) for analysis.
 
-This is the only module that imports keras-cv, so the backbone source can be swapped here.
-Both builders return a flat functional classifier (images in [0, 1] -> logits) whose Grad-CAM
+This is the only module that imports keras-cv, so the backbone source can be swapped here:
+`resnet50` is keras-cv's (the design card's choice, the default), `resnet50_keras_applications`
+the same architecture from `keras.applications` (no keras-cv; keras-cv is frozen upstream, no
+release since 0.9.0). `RESNET_SOURCES` maps trainers' `--resnet_source` to the registry name.
+Every builder returns a flat functional classifier (images in [0, 1] -> logits) whose Grad-CAM
 layer is one of its own layers, as `aad_tf.gradcam.FeatureModel` requires. Nothing is ever
 downloaded: the networks are built from explicit configurations, and pretrained weights come from
 a local file (`pretrained_weights`).
@@ -13,6 +17,15 @@ last block's output `v2_stack_3_block3_out` (7x7x2048 at 224x224). Its batch nor
 synchronized (global-batch statistics under a distribution strategy; plain on one device). `pretrained_weights` is a
 Keras weights file of the backbone (`ResNetBackbone.save_weights`, e.g. keras-cv's
 `resnet50_imagenet` preset `model.weights.h5` copied to local disk); the fc layer starts fresh.
+
+ResNet50 from keras.applications (`keras.applications.ResNet50(weights=None)`, same v1
+bottleneck blocks; its convolutions carry biases and its batch norms use epsilon 1.001e-5, so its
+weights are not interchangeable with keras-cv's), inputs in [0, 1] fed straight in, then the same
+pooling and float32 fc head. Grad-CAM layer: the last block's output `conv5_block3_out` (7x7x2048
+at 224x224). Batch norms synchronized as for keras-cv. `pretrained_weights` is a Keras weights
+file of this backbone (`save_weights` of `keras.applications.ResNet50(include_top=False)`); note
+that keras.applications' own ImageNet file was trained on caffe-preprocessed 0-255 BGR inputs,
+not on the [0, 1] inputs used here.
 
 InceptionV3 (Szegedy et al. 2016): `keras.applications.InceptionV3` behind a rescaling of [0, 1]
 to its [-1, 1] input range. Grad-CAM layer: `mixed10`, the last 8x8x2048 map at 299x299, as in the
@@ -28,11 +41,16 @@ import keras
 from aad_tf import models
 
 RESNET50_GRADCAM_LAYER = 'v2_stack_3_block3_out'
+RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER = 'conv5_block3_out'
 INCEPTION_V3_GRADCAM_LAYER = 'mixed10'
 
 # ResNet50 v1 as an explicit keras-cv configuration (no preset lookup, no download).
 RESNET50_CONFIG = dict(stackwise_filters=[64, 128, 256, 512], stackwise_blocks=[3, 4, 6, 3],
                        stackwise_strides=[1, 2, 2, 2], block_type='block')
+
+
+# --resnet_source -> registry name of the ResNet50 builder.
+RESNET_SOURCES = {'keras_cv': 'resnet50', 'keras_applications': 'resnet50_keras_applications'}
 
 
 def _check_weights_file(path: Optional[str]) -> Optional[str]:
@@ -73,14 +91,41 @@ def build_resnet50(input_shape, num_classes, *,
                                             input_shape=tuple(input_shape), name='resnet50_backbone')
   if path is not None:
     _load_weights(backbone, path, 'ResNet50 backbone')
+  return _classifier_on(backbone, num_classes, name='resnet50')
+
+
+@models.register_model(
+    'resnet50_keras_applications', gradcam_layer=RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER,
+    description='ResNet50 v1 (keras.applications, no keras-cv); Grad-CAM on the last block.')
+def build_resnet50_keras_applications(input_shape, num_classes, *,
+                                      pretrained_weights: Optional[str] = None) -> keras.Model:
+  """Returns keras.applications' ResNet50 mapping [B, H, W, 3] in [0, 1] to logits [B, num_classes].
+
+  Args:
+    input_shape: (H, W, 3); 224x224 for ImageNet (H, W >= 32).
+    num_classes: number of output logits.
+    pretrained_weights: local weights file of the backbone (see the module docstring).
+  """
+  path = _check_weights_file(pretrained_weights)
+  if len(input_shape) != 3 or input_shape[-1] != 3 or min(input_shape[:2]) < 32:
+    raise ValueError(f'ResNet50 needs RGB inputs of at least 32x32, got {input_shape}.')
+  backbone = keras.applications.ResNet50(include_top=False, weights=None,
+                                         input_shape=tuple(input_shape), pooling=None)
+  if path is not None:
+    _load_weights(backbone, path, 'ResNet50 backbone')
+  return _classifier_on(backbone, num_classes, name='resnet50_keras_applications')
+
+
+def _classifier_on(backbone: keras.Model, num_classes: int, *, name: str) -> keras.Model:
+  """Global average pooling and a float32 fc layer on `backbone`, synchronized batch norms."""
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
-      layer.synchronized = True  # Read at call time; keras-cv does not expose the argument.
+      layer.synchronized = True  # Read at call time; neither library exposes the argument.
   # Built on the backbone's own input and output tensors, the classifier is one flat graph: every
   # backbone layer, the Grad-CAM layer included, is a layer of the classifier.
   h = keras.layers.GlobalAveragePooling2D(name='avg_pool')(backbone.output)
   logits = keras.layers.Dense(num_classes, dtype='float32', name='logits')(h)
-  return keras.Model(backbone.input, logits, name='resnet50')
+  return keras.Model(backbone.input, logits, name=name)
 
 
 @models.register_model(
