@@ -29,6 +29,7 @@ from absl import logging
 from aad_tf import data as data_lib
 from aad_tf import figures
 from aad_tf import training
+from trainers import cli
 
 FLAGS = flags.FLAGS
 FIGURES = ('attention', 'compare', 'evolution', 'robustness', 'sensitivity')
@@ -212,4 +213,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)
