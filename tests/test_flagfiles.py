@@ -153,3 +153,14 @@ def test_cpu_budget_rows_share_one_budget(dataset, tmp_path, monkeypatch):
   attack = first.defense.attack
   assert attack.num_steps < PAPER[dataset]['train_num_steps']
   assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.num_steps)
+
+
+def test_quickstart_trains_at_the_full_eps_it_is_evaluated_at(tmp_path, monkeypatch):
+  """Issue 13: the quickstart used to end inside the eps warm-up (PGD-20 0.00%, read as 'the
+  defense does not work'); its last steps must train at the eps the evaluation attacks with."""
+  config = parse('quickstart', tmp_path, monkeypatch)
+  attack = config.defense.attack
+  assert (config.defense.defense, config.defense.aad) == ('madry', True)
+  assert attack.warmup_steps < config.total_steps()
+  assert config.total_steps() - attack.warmup_steps >= config.total_steps() // 2
+  assert attack.eps == pytest.approx(main.eval_eps()) == pytest.approx(0.3)
