@@ -2,10 +2,10 @@
 
 Importing the package (every `python -m trainers.<binary>` does, before the binary imports
 TensorFlow) hides TensorFlow's C++ start-up logging (oneDNN, CUDA registration and cuInit on a
-machine without a GPU, cpu_feature_guard): TF_CPP_MIN_LOG_LEVEL=2, and the few lines TensorFlow
-writes at import and first device listing, before that setting applies, go to /dev/null. Set
-TF_CPP_MIN_LOG_LEVEL yourself (e.g. 0) to see all of it; errors raised by TensorFlow are
-Python exceptions and are never hidden.
+machine without a GPU, cpu_feature_guard): TF_CPP_MIN_LOG_LEVEL defaults to 2, and at 2 or more
+the lines TensorFlow writes while it is imported and lists its devices, which that setting does
+not reach, go to /dev/null. Set TF_CPP_MIN_LOG_LEVEL=0 to see all of it; errors raised by
+TensorFlow are Python exceptions and are never hidden.
 """
 
 import contextlib
@@ -29,9 +29,9 @@ def _stderr_to_devnull():
 
 
 def _import_tensorflow_quietly() -> None:
-  if 'TF_CPP_MIN_LOG_LEVEL' in os.environ or 'tensorflow' in sys.modules:
+  level = os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  if 'tensorflow' in sys.modules or not level.isdigit() or int(level) < 2:
     return
-  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
   with _stderr_to_devnull():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()  # cuInit's failure on a machine without a GPU
