@@ -246,7 +246,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog, dama
   ckpt_dir = tmp_path / 'run' / 'checkpoints'
   damage(data_file(ckpt_dir, 4))
   damaged = pathlib.Path(data_file(ckpt_dir, 4)).read_bytes()
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   model = training.train(dataclasses.replace(config, train_steps=6), arrays)
   assert int(model.optimizer.iterations.numpy()) == 6
   warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
@@ -326,7 +326,7 @@ def test_resume_with_a_longer_budget_is_no_change(tmp_path, caplog):
   config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2,
                        learning_rate=0.001)
   training.train(config, arrays)
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   model = training.train(dataclasses.replace(config, train_steps=3, checkpoint_every=1), arrays)
   assert int(model.optimizer.iterations.numpy()) == 3
   assert not (tmp_path / 'run' / training.CONFIG_CHANGES).exists()
@@ -355,7 +355,7 @@ def test_failed_validation_leaves_no_run_directory_behind(tmp_path, monkeypatch)
 
 
 def test_plain_progress_lines_off_a_terminal(tmp_path, caplog, capsys):
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   config = tiny_config(tmp_path / 'run', train_steps=25, log_every=10, checkpoint_every=25)
   training.train(config, train_worker.tiny_arrays(data_lib))  # pytest's stdout is no terminal
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step ')]

@@ -57,7 +57,7 @@ def run(tmp_path):
 
 def test_the_newer_of_checkpoint_and_export_wins_and_is_logged(run, caplog):
   config, trained, stale = run
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   loaded = runs.load_classifier(config.model_dir)
   assert loaded.origin.endswith('ckpt-4 (step 4)')
   assert_same(weights_of(loaded.classifier), trained)
@@ -86,7 +86,7 @@ def test_corrupt_newest_checkpoint_is_skipped_and_left_in_place(run, caplog):
   ckpt_dir = pathlib.Path(config.model_dir) / 'checkpoints'
   data = ckpt_dir / 'ckpt-4.data-00000-of-00001'
   data.write_bytes(data.read_bytes()[:100])  # truncated (an IndexError before issue 13)
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   loaded = runs.load_classifier(config.model_dir, source='checkpoint')
   assert loaded.origin.endswith('ckpt-2 (step 2)')
   line = next(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
