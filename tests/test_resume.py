@@ -364,3 +364,26 @@ def test_plain_progress_lines_off_a_terminal(tmp_path, caplog, capsys):
                       r'[\d.]+ steps/s, ETA \d+s', lines[0]), lines[0]
   out = capsys.readouterr()
   assert '\x08' not in out.out + out.err and '\x1b[' not in out.out + out.err
+
+
+def test_existing_read_only_model_dir_fails_at_once_and_changes_nothing(tmp_path, monkeypatch):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2)
+  training.train(config, arrays)
+  run = tmp_path / 'run'
+  before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+  gfile = tf.io.gfile.GFile
+
+  def read_only(path, mode='r'):  # what a read-only mount answers (root ignores chmod)
+    if 'w' in mode or 'a' in mode:
+      raise tf.errors.PermissionDeniedError(None, None, f'{path}; Read-only file system')
+    return gfile(path, mode)
+
+  monkeypatch.setattr(tf.io.gfile, 'GFile', read_only)
+  started = time.time()
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'^Directory .*run is not writable: .*Read-only file system\.$'):
+    training.train(dataclasses.replace(config, train_steps=4), arrays)
+  assert time.time() - started < 5
+  monkeypatch.undo()
+  assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
