@@ -5,11 +5,18 @@ fixes the data position: see `aad_tf.data.train_dataset`) and the classifier's r
 seed generators of dropout layers, so that a resumed run draws the same masks), nothing else. TensorFlow writes each
 checkpoint under a temporary name and renames it, and rewrites the `checkpoint` index atomically,
 so an interrupted save never replaces the last good checkpoint.
+
+Restoring takes the newest checkpoint that restores: a corrupt one (a truncated file, a checksum
+that fails) is skipped with one log line saying which and why, and never deleted; a training run
+moves it into `checkpoints/corrupt/` so that neither rotation nor a later save at its step can
+overwrite it (`Checkpointer.restore`).
 """
 
 import errno
 import os
-from typing import Optional
+import re
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -19,6 +26,106 @@ from absl import logging
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read; earlier checkpoints are untouched."""
+
+
+# What a failed restore raises: OpError (missing key, bad index, checksum), IndexError (a
+# truncated data file: "Read less bytes than requested"), ValueError (a shape mismatch),
+# AssertionError (assert_existing_objects_matched).
+RESTORE_ERRORS = (tf.errors.OpError, IndexError, ValueError, AssertionError)
+_CORRUPT = re.compile(r'checksum|corrupt|truncat|read less bytes|bad magic|not an sstable|'
+                      r'data loss|unexpected end|crc', re.IGNORECASE)
+_CHECKPOINT_FILE = re.compile(r'^(?P<prefix>.+)-(?P<step>\d+)\.index$')
+
+
+def restore_failure(error: BaseException) -> str:
+  """Why a checkpoint did not restore, in a few words: 'corrupt' or 'a different model'.
+
+  Args:
+    error: what `tf.train.Checkpoint.restore` (or the status assertion) raised.
+
+  Returns:
+    'corrupt (<reason>)' when the files are damaged (truncated, checksum mismatch, bad index),
+    else 'written by a different model or optimizer (<reason>)'.
+  """
+  reason = short_error(error)
+  if isinstance(error, (tf.errors.DataLossError, IndexError)) or _CORRUPT.search(str(error)):
+    return f'corrupt ({reason})'
+  return f'written by a different model or optimizer ({reason})'
+
+
+def short_error(error: BaseException, limit: int = 200) -> str:
+  """The first line of an error message without TensorFlow's op and function decorations."""
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', lines[0])
+  text = re.sub(r'\s*\[Op:\w+\]', '', text).strip() or type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def checkpoints_newest_first(directory: str) -> List[Tuple[int, str]]:
+  """The checkpoints in `directory` as (step, path prefix), newest first.
+
+  Read from the files themselves (`<prefix>-<step>.index`), so that a damaged `checkpoint` index
+  file or one naming deleted checkpoints does not hide the ones that are there.
+  """
+  if not tf.io.gfile.isdir(directory):
+    return []
+  found = []
+  for name in tf.io.gfile.listdir(directory):
+    match = _CHECKPOINT_FILE.match(name.rstrip('/'))
+    if match:
+      found.append((int(match['step']), os.path.join(directory, name[:-len('.index')])))
+  return sorted(found, reverse=True)
+
+
+def restore_newest(make_checkpoint: Callable[[], tf.train.Checkpoint], directory: str, *,
+                   partial: bool = False, path: Optional[str] = None
+                   ) -> Tuple[Optional[str], List[Tuple[str, str]]]:
+  """Restores the newest checkpoint of `directory` that restores (or exactly `path`).
+
+  Args:
+    make_checkpoint: builds a fresh `tf.train.Checkpoint` of the objects to restore (one per
+      attempt, so that a failed attempt leaves no pending restorations behind).
+    directory: the checkpoint directory.
+    partial: restore only the objects `make_checkpoint` tracks (e.g. the classifier without its
+      optimizer): `expect_partial`.
+    path: restore this checkpoint and no other.
+
+  Returns:
+    (the restored checkpoint's path or None when there is none, [(path, why) of each newer
+    checkpoint that did not restore]).
+
+  Raises:
+    CheckpointError: no checkpoint restores; the message says whether they are corrupt or were
+      written by a different model.
+  """
+  if path and not tf.io.gfile.exists(path + '.index'):
+    raise CheckpointError(f'Checkpoint {path} not found (no {os.path.basename(path)}.index).')
+  candidates = [path] if path else [p for _, p in checkpoints_newest_first(directory)]
+  failures = []
+  for candidate in candidates:
+    try:
+      status = make_checkpoint().restore(candidate)
+      if partial:
+        status.expect_partial()
+      status.assert_existing_objects_matched()
+    except RESTORE_ERRORS as e:
+      failures.append((candidate, restore_failure(e)))
+      continue
+    return candidate, failures
+  if not failures:
+    return None, []
+  listed = '; '.join(f'{os.path.basename(p)} is {why}' for p, why in failures)
+  advice = ('restore an intact copy of the run, or start afresh in another --model_dir' if
+            all(why.startswith('corrupt') for _, why in failures) else
+            'use another --model_dir, or delete its checkpoints to start afresh')
+  raise CheckpointError(f'No checkpoint in {directory} restores: {listed}; {advice}.')
+
+
+def log_fallback(restored: str, failures: Sequence[Tuple[str, str]], note: str = '') -> None:
+  """One warning line: which checkpoint is used instead of which newer ones, and why."""
+  if failures:
+    skipped = '; '.join(f'{os.path.basename(p)} is {why}' for p, why in failures)
+    logging.warning('Using %s: %s%s.', os.path.basename(restored), skipped, note)
 
 
 class Checkpointer:
@@ -43,11 +150,15 @@ class Checkpointer:
     self.restore_directory = restore_directory or directory
     self.classifier = classifier
     self.optimizer = optimizer
-    rng = random_state(classifier)
-    self._checkpoint = tf.train.Checkpoint(model=classifier, optimizer=optimizer,
-                                           **({'rng': rng} if rng else {}))
+    self.max_to_keep = max_to_keep
+    self._checkpoint = self._new_checkpoint()
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory,
                                                max_to_keep=max_to_keep)
+
+  def _new_checkpoint(self) -> tf.train.Checkpoint:
+    rng = random_state(self.classifier)
+    return tf.train.Checkpoint(model=self.classifier, optimizer=self.optimizer,
+                               **({'rng': rng} if rng else {}))
 
   @property
   def latest(self) -> Optional[str]:
@@ -58,22 +169,46 @@ class Checkpointer:
     return int(self.optimizer.iterations.numpy())
 
   def restore(self) -> int:
-    """Restores the latest checkpoint if any; returns the global step (0 when starting fresh)."""
-    if self.restore_directory == self.directory:
-      path = self.latest
-    else:
-      path = tf.train.latest_checkpoint(self.restore_directory)
+    """Restores the newest checkpoint that restores; returns the global step (0: none).
+
+    Newer checkpoints that do not restore (corrupt, or written by another model) are skipped
+    with one warning line. When this checkpointer writes where it restores from (a training run's
+    chief), they are moved into `<directory>/corrupt/<time>/`, never deleted, and the
+    `checkpoint` index is rewritten without them, so that rotation does not delete them and the
+    save at their step does not overwrite them.
+
+    Raises:
+      CheckpointError: there are checkpoints and none of them restores.
+    """
+    path, failures = restore_newest(self._new_checkpoint, self.restore_directory)
     if path is None:
       return 0
-    try:
-      status = self._checkpoint.restore(path)
-      status.assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-      raise CheckpointError(
-          f'Cannot restore {path}: {e}. It was written by a different model or optimizer; use '
-          f'another --model_dir or delete it.') from e
+    if failures and self.restore_directory == self.directory:
+      aside = self._set_aside([p for p, _ in failures], keep=path)
+      log_fallback(path, failures, f'; moved to {aside}')
+    else:
+      log_fallback(path, failures)
     logging.info('Restored %s (step %d).', path, self.step)
     return self.step
+
+  def _set_aside(self, paths: Sequence[str], keep: str) -> str:
+    """Moves the files of checkpoints `paths` into corrupt/<time>/; `keep` becomes the latest."""
+    aside = os.path.join(self.directory, 'corrupt', time.strftime('%Y%m%d-%H%M%S'))
+    tf.io.gfile.makedirs(aside)
+    for prefix in paths:
+      for name in tf.io.gfile.glob(prefix + '.*'):
+        tf.io.gfile.rename(name, os.path.join(aside, os.path.basename(name)), overwrite=True)
+    kept_step = int(keep.rsplit('-', 1)[-1])
+    remaining = sorted((s, p) for s, p in checkpoints_newest_first(self.directory)
+                       if s <= kept_step)[-self.max_to_keep:]
+    # With their times, so that the new manager rotates them (without, it would keep them all).
+    times = [tf.io.gfile.stat(p + '.index').mtime_nsec / 1e9 for _, p in remaining]
+    tf.compat.v1.train.update_checkpoint_state(
+        self.directory, keep, all_model_checkpoint_paths=[p for _, p in remaining],
+        all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1.0)
+    self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory,
+                                               max_to_keep=self.max_to_keep)
+    return aside
 
   def save(self) -> Optional[str]:
     """Writes a checkpoint for the current step, unless one exists for it already."""
@@ -106,15 +241,43 @@ def random_state(model: keras.Model) -> list:
 
 
 def check_writable(directory: str) -> None:
-  """Creates `directory` and checks a file can be written there, with a clear error if not."""
+  """Checks that `directory` can be created and written, creating and leaving nothing.
+
+  A missing local directory is checked through its nearest existing parent (a directory that
+  this process may write into); an existing one by writing and removing a probe file. Paths on
+  other file systems (`gs://...`) are created and probed.
+
+  Raises:
+    CheckpointError: a path component is a file, or the directory is not writable (read-only,
+      permission denied, full disk).
+  """
+  if '://' in directory:
+    _probe(directory, create=True)
+    return
+  path = os.path.abspath(directory)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise CheckpointError(f'Directory {directory} is not writable: {existing} is a file, not a '
+                          f'directory.')
+  if existing == path:
+    _probe(path, create=False)
+  elif not os.access(existing, os.W_OK | os.X_OK):
+    raise CheckpointError(f'Directory {directory} is not writable: cannot create it in '
+                          f'{existing} (permission denied or read-only).')
+
+
+def _probe(directory: str, create: bool) -> None:
   try:
-    tf.io.gfile.makedirs(directory)
+    if create:
+      tf.io.gfile.makedirs(directory)
     probe = os.path.join(directory, '.write_probe')
     with tf.io.gfile.GFile(probe, 'w') as f:
       f.write('ok')
     tf.io.gfile.remove(probe)
   except (tf.errors.OpError, OSError) as e:
-    reason = 'the disk is full' if getattr(e, 'errno', None) == errno.ENOSPC else str(e)
+    reason = 'the disk is full' if getattr(e, 'errno', None) == errno.ENOSPC else short_error(e)
     raise CheckpointError(f'Directory {directory} is not writable: {reason}.') from e
 
 

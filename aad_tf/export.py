@@ -101,7 +101,8 @@ def export_saved_model(classifier: keras.Model, gradcam_layer: str, export_dir: 
   Args:
     classifier: the functional classifier, images [N, H, W, C] in [0, 1] -> logits [N, K].
     gradcam_layer: the name of its Grad-CAM layer.
-    export_dir: destination; replaced if it exists.
+    export_dir: destination; replaced if it exists (the old one is renamed to
+      `<export_dir>.old`, the new one renamed in, then the old one deleted).
 
   Returns:
     export_dir.
@@ -117,8 +118,16 @@ def export_saved_model(classifier: keras.Model, gradcam_layer: str, export_dir: 
     tf.io.gfile.rmtree(tmp)
   archive.write_out(tmp, verbose=False)
   if tf.io.gfile.exists(export_dir):
-    tf.io.gfile.rmtree(export_dir)
-  tf.io.gfile.rename(tmp, export_dir)
+    # Rename the old version aside before renaming the new one in, so that there is never a
+    # moment without a servable version at export_dir; then delete the old one.
+    old = export_dir + '.old'
+    if tf.io.gfile.exists(old):
+      tf.io.gfile.rmtree(old)
+    tf.io.gfile.rename(export_dir, old)
+    tf.io.gfile.rename(tmp, export_dir)
+    tf.io.gfile.rmtree(old)
+  else:
+    tf.io.gfile.rename(tmp, export_dir)
   logging.info('Exported SavedModel (signatures %s, input %s %s) to %s.', ', '.join(SIGNATURES),
                INPUT_NAME, spec.shape, export_dir)
   return export_dir

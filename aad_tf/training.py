@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -31,6 +32,15 @@ from aad_tf import models
 from aad_tf import summaries
 
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
+
+# TrainConfig fields that a resumed run may change: where data and output live, the budget,
+# bookkeeping, the hardware settings, and the constant learning rate (the flags win over the
+# checkpoint's, see `train`). Every other field defines the run (dataset, model, defense, AAD
+# settings, attack, seed, ...) and changes only with allow_config_change.
+RESUMABLE_FIELDS = ('model_dir', 'data_dir', 'data_source', 'download', 'manual_dir', 'epochs',
+                    'train_steps', 'learning_rate', 'checkpoint_every', 'keep_checkpoints',
+                    'log_every', 'mixed_precision', 'jit_compile', 'deterministic')
+CONFIG_CHANGES = 'config_changes.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +226,87 @@ def _dtype_policy(name: Optional[str]):
     keras.config.set_dtype_policy(previous)
 
 
+class ConfigChangeError(ValueError):
+  """Resuming a run with a configuration that differs from the one it was trained with."""
+
+
+def _flatten(payload: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  flat = {}
+  for key, value in payload.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(previous: Dict[str, Any], config: 'TrainConfig'
+                       ) -> Dict[str, Tuple[Any, Any]]:
+  """The run-defining fields (not RESUMABLE_FIELDS) where `config` differs from a saved one.
+
+  Args:
+    previous: a run's config.json. Fields it lacks (saved by an older version) take their
+      defaults, so adding a field with a default changes nothing for old runs.
+    config: the configuration about to resume it.
+
+  Returns:
+    {dotted field name, e.g. 'defense.attack.eps': (saved value, new value)}, sorted by name.
+  """
+  try:
+    previous = config_from_json(previous).to_json()
+  except (TypeError, ValueError):  # an older config that no longer validates: compare as saved
+    pass
+  def normalized(payload):
+    return _flatten(json.loads(json.dumps(payload, default=str)))
+  old, new = normalized(previous), normalized(config.to_json())
+  return {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new))
+          if name.split('.')[0] not in RESUMABLE_FIELDS and old.get(name) != new.get(name)}
+
+
+def check_resume(config: 'TrainConfig', allow_config_change: bool = False
+                 ) -> Dict[str, Tuple[Any, Any]]:
+  """Compares `config` with the run already in `config.model_dir`, if it has checkpoints.
+
+  Args:
+    config: the configuration about to train in config.model_dir.
+    allow_config_change: accept differences (`train` then records them in config_changes.json).
+
+  Returns:
+    The differences (see `config_differences`); {} for a new run.
+
+  Raises:
+    ConfigChangeError: the run exists, was trained with different run-defining fields, and
+      allow_config_change is False. The message is one line naming each differing field.
+  """
+  path = os.path.join(config.model_dir, 'config.json')
+  if not (tf.io.gfile.exists(path) and
+          checkpointing.checkpoints_newest_first(os.path.join(config.model_dir, 'checkpoints'))):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    differences = config_differences(json.load(f), config)
+  if differences and not allow_config_change:
+    listed = ', '.join(f'{name} ({old!r} -> {new!r})' for name, (old, new) in differences.items())
+    raise ConfigChangeError(
+        f'{config.model_dir} holds a run trained with another configuration: {listed}. Resume '
+        f'it with its own flags (--flagfile={os.path.join(config.model_dir, "flags.txt")}), use '
+        f'a new --model_dir, or pass --allow_config_change to continue it with the new ones.')
+  return differences
+
+
+def record_config_change(model_dir: str, step: int, differences: Dict[str, Tuple[Any, Any]]
+                         ) -> None:
+  """Appends an accepted configuration change to `<model_dir>/config_changes.json`."""
+  path = os.path.join(model_dir, CONFIG_CHANGES)
+  history = []
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      history = json.load(f)
+  history.append({'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'step': step,
+                  'changes': {name: {'from': old, 'to': new}
+                              for name, (old, new) in differences.items()}})
+  write_json(path, history)
+
+
 def write_json(path: str, payload: Dict[str, Any]) -> None:
   """Writes JSON atomically (temporary file, then rename)."""
   tmp = path + '.tmp'
@@ -267,9 +358,58 @@ class TrainingData:
         global_batch_size=c.batch_size)
 
 
+class ProgressLog(keras.callbacks.Callback):
+  """One plain log line every `every` steps, for logs that are not a terminal.
+
+  The line holds the global step, every logged loss term and accuracy (Keras's averages over the
+  epoch so far), steps per second since the previous line and the time left at that rate:
+
+    step 200/1200: loss 1.8120, class_loss 1.7923, ..., clean_acc 0.5310, adv_acc 0.2215;
+    2.41 steps/s, ETA 6m55s
+  """
+
+  def __init__(self, total_steps: int, every: int):
+    super().__init__()
+    self.total_steps, self.every = total_steps, every
+    self._last = None
+
+  def _step(self) -> int:
+    return int(self.model.optimizer.iterations.numpy())
+
+  def on_train_begin(self, logs=None):
+    self._last = (self._step(), time.time())
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = self._step()
+    if step % self.every and step != self.total_steps:
+      return
+    last_step, last_time = self._last
+    now = time.time()
+    rate = (step - last_step) / max(now - last_time, 1e-9)
+    self._last = (step, now)
+    values = ', '.join(f'{name} {float(value):.4f}' for name, value in sorted(
+        (logs or {}).items(), key=lambda item: (item[0] != 'loss', not item[0].endswith('loss'), item[0])))
+    left = (self.total_steps - step) / rate if rate > 0 else float('inf')
+    logging.info('step %d/%d: %s; %.2f steps/s, ETA %s', step, self.total_steps, values, rate,
+                 format_duration(left))
+
+
+def format_duration(seconds: float) -> str:
+  """'1h02m', '6m55s', '42s' ('?' when unknown)."""
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+  if seconds >= 60:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds}s'
+
+
 def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
-          callbacks=(), strategy: Optional[tf.distribute.Strategy] = None
-          ) -> defense_lib.AADModel:
+          callbacks=(), strategy: Optional[tf.distribute.Strategy] = None, *,
+          allow_config_change: bool = False, run_files: Optional[Dict[str, str]] = None,
+          progress: Optional[str] = None) -> defense_lib.AADModel:
   """Trains (or resumes) the run of `config` up to its total step count.
 
   Args:
@@ -283,14 +423,23 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
       strategy (one device). The model is built in its scope and each replica gets its slice of
       every global batch. Only the chief writes checkpoints, config.json and summaries (other
       workers' `TrainSummaries` and `TensorBoard` callbacks are dropped).
+    allow_config_change: resume a run in config.model_dir even if `config` differs from its
+      config.json in a run-defining field (see `check_resume`); the change is recorded in
+      config_changes.json.
+    run_files: {file name: text} written into config.model_dir beside config.json (e.g.
+      trainers/main.py's flags.txt). Nothing is written into config.model_dir before the data,
+      the model and the existing run (configuration and checkpoint) have been checked.
+    progress: 'bar' (Keras's progress bar), 'log' (a `ProgressLog` line every config.log_every
+      steps) or 'none'; default: 'bar' when stdout is a terminal, else 'log'.
 
   Returns:
     The trained AADModel (its `.classifier` is what gets exported).
 
   Raises:
     ValueError: a multi-worker strategy that Keras 3 `fit` cannot run (see distribute).
-    checkpointing.CheckpointError: the run directory is unwritable (at once) or a checkpoint
-      cannot be written (earlier checkpoints are kept).
+    ConfigChangeError: config.model_dir holds a run with another configuration (at once).
+    checkpointing.CheckpointError: the run directory is unwritable (at once), no checkpoint of
+      the run restores, or a checkpoint cannot be written (earlier checkpoints are kept).
     checkpointing.NonFiniteLossError: the loss became NaN or Inf (the last good checkpoint is
       kept).
   """
@@ -299,14 +448,18 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
       not isinstance(strategy, distribute.KerasMultiWorkerMirroredStrategy)):
     raise ValueError('Keras 3 fit cannot run under a plain MultiWorkerMirroredStrategy '
                      '(keras-team/keras#20585); use distribute.create_strategy().')
+  if progress not in (None, 'bar', 'log', 'none'):
+    raise ValueError(f"progress must be 'bar', 'log' or 'none', got {progress!r}.")
+  chief = distribute.is_chief(strategy)
+  checkpoint_dir = os.path.join(config.model_dir, 'checkpoints')
+  differences = {}
+  if chief:  # Before building anything.
+    checkpointing.check_writable(config.model_dir)
+    differences = check_resume(config, allow_config_change)
   if config.deterministic:
     distribute.enable_determinism(config.seed)
   keras.utils.set_random_seed(config.seed)
   source = TrainingData(config, arrays)
-  chief = distribute.is_chief(strategy)
-  checkpoint_dir = os.path.join(config.model_dir, 'checkpoints')
-  if chief:
-    checkpointing.check_writable(checkpoint_dir)  # Before building anything.
   logging.info('Strategy: %s.', distribute.describe(strategy))
   model = build_model(config, source.num_train, strategy)
   with distribute.worker_scratch_dir(strategy, checkpoint_dir) as write_dir:
@@ -316,16 +469,25 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
     start = checkpointer.restore()
     if start and config.lr_decay_rate == 1.0:
       # The checkpoint restores the learning-rate variable too; the run's flags win, so that a
-      # resumed run can be continued at a new constant rate.
+      # resumed run can be continued at a new constant rate. The variable is float32: compare
+      # at float32 precision, or every resume reports 0.001 replaced by 0.001.
       restored = float(model.optimizer.learning_rate.numpy())
-      if abs(restored - config.learning_rate) > 1e-12 * max(1.0, config.learning_rate):
+      if not math.isclose(restored, config.learning_rate, rel_tol=1e-6, abs_tol=1e-12):
         logging.info('Learning rate %g from the checkpoint replaced by the configured %g.',
                      restored, config.learning_rate)
       model.optimizer.learning_rate = config.learning_rate
     total = config.total_steps(source.num_train)
     per_epoch = config.steps_per_epoch(source.num_train)
-    if chief:
+    if chief:  # Everything is checked: the run directory may change now.
+      tf.io.gfile.makedirs(config.model_dir)
+      if differences:
+        record_config_change(config.model_dir, start, differences)
+        logging.warning('Continuing %s at step %d with a changed configuration (recorded in '
+                        '%s): %s.', config.model_dir, start, CONFIG_CHANGES,
+                        ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in differences.items()))
       write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+      for name, text in (run_files or {}).items():
+        write_text(os.path.join(config.model_dir, name), text)
     if start >= total:
       logging.info('Run already complete (step %d of %d).', start, total)
       return model
@@ -335,10 +497,13 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
     if not chief:
       callbacks = [c for c in callbacks
                    if not isinstance(c, (summaries.TrainSummaries, keras.callbacks.TensorBoard))]
+    if progress is None:
+      progress = 'bar' if sys.stdout.isatty() else 'log'
     all_callbacks = [
         checkpointing.StopOnNonFinite(checkpointer),
         checkpointing.CheckpointCallback(checkpointer, config.checkpoint_every),
         *callbacks,
+        *([ProgressLog(total, config.log_every)] if chief and progress == 'log' else []),
     ]
     if chief and not any(isinstance(c, summaries.TrainSummaries) for c in callbacks):
       all_callbacks.append(summaries.TrainSummaries(
@@ -354,7 +519,7 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
       dataset = source.distributed(strategy, start_step=step, num_steps=steps)
       model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
                 callbacks=all_callbacks, shuffle=False,
-                verbose=1 if (chief and steps > 20) else 0)
+                verbose=1 if (chief and progress == 'bar' and steps > 20) else 0)
       step = checkpointer.step
       if model.stop_training:  # a callback (e.g. overfitting.OverfitGuard) ended the run
         logging.warning('Training stopped by a callback at step %d of %d.', step, total)
@@ -363,13 +528,11 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
   return model
 
 
-def write_flags(model_dir: str, flags_text: str) -> None:
-  """Saves the resolved flags as `<model_dir>/flags.txt` (a flagfile that replays the run)."""
-  tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, 'flags.txt')
+def write_text(path: str, text: str) -> None:
+  """Writes a text file atomically (temporary file, then rename)."""
   tmp = path + '.tmp'
   with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(flags_text)
+    f.write(text)
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -422,25 +585,27 @@ def restore_classifier(config: TrainConfig, checkpoint: Optional[str] = None, *,
 
   Args:
     config: the run (e.g. `load_config(model_dir)`).
-    checkpoint: a checkpoint path (`.../checkpoints/ckpt-<step>`); None takes the latest.
+    checkpoint: a checkpoint path (`.../checkpoints/ckpt-<step>`); None takes the newest that
+      restores (newer corrupt ones are skipped with one warning line and left in place).
     classifier: load into this classifier of the run (e.g. to step through checkpoints with
       functions already traced on it) instead of building a new one.
 
   Returns:
     (classifier, name of its Grad-CAM layer, step of the checkpoint).
+
+  Raises:
+    ValueError: the run has no checkpoint.
+    checkpointing.CheckpointError: no checkpoint restores (or not `checkpoint`): corrupt, or
+      written by a different model.
   """
-  if checkpoint is None:
-    kept = list_checkpoints(config.model_dir)
-    if not kept:
-      raise ValueError(f'No checkpoint in {config.model_dir}/checkpoints.')
-    checkpoint = kept[-1][1]
+  directory = os.path.join(config.model_dir, 'checkpoints')
+  if checkpoint is None and not checkpointing.checkpoints_newest_first(directory):
+    raise ValueError(f'No checkpoint in {directory}.')
   if classifier is None:
     classifier, layer = build_classifier(config)
   else:
     layer = models.get_spec(config.model).gradcam_layer
-  try:
-    status = tf.train.Checkpoint(model=classifier).restore(checkpoint).expect_partial()
-    status.assert_existing_objects_matched()
-  except (tf.errors.OpError, AssertionError, ValueError) as e:
-    raise ValueError(f'Cannot load {checkpoint} into a {config.model!r} classifier: {e}') from e
-  return classifier, layer, int(checkpoint.rsplit('-', 1)[-1])
+  path, failures = checkpointing.restore_newest(
+      lambda: tf.train.Checkpoint(model=classifier), directory, partial=True, path=checkpoint)
+  checkpointing.log_fallback(path, failures)
+  return classifier, layer, int(path.rsplit('-', 1)[-1])

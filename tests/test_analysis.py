@@ -312,3 +312,19 @@ def test_tool_end_to_end(tmp_path, shared_data_dir):
   figures = {p.name for p in out.glob('*.png')}
   if report['summary']['num_att']:
     assert {'fig1_gradcam.png', 'fig2_rounds.png', 'fig_compare.png'} <= figures
+
+
+def test_tool_on_a_run_without_boxes_says_it_needs_boxed_data(tmp_path):
+  run = tmp_path / 'mnist_run'
+  run.mkdir()
+  config = training.TrainConfig(model_dir=str(run), dataset='mnist', model='lenet')
+  training.write_json(str(run / 'config.json'), config.to_json())
+  env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
+  proc = subprocess.run([sys.executable, '-m', 'trainers.analyze', f'--model_dir={run}'],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert 'trained on mnist, which has no bounding boxes' in lines[0]
+  assert 'needs boxed data' in lines[0] and 'boxed_mnist' in lines[0]
+  assert not (run / 'analysis').exists()

@@ -189,3 +189,58 @@ def test_export_binary_never_overwrites_a_version(exported):
     export_binary.check_destination(str(export_dir), overwrite=False)
   export_binary.check_destination(str(export_dir), overwrite=True)
   export_binary.check_destination(str(export_dir.parent / '2'), overwrite=False)
+
+
+def test_overwrite_renames_the_old_version_aside_first(exported, tmp_path, monkeypatch):
+  """A model server watching <base> must find a whole version at <base>/<version> at all times
+  but between two renames: nothing is deleted before the new version is in place."""
+  classifier, layer, _, _ = exported
+  export_dir = str(tmp_path / 'aad' / '1')
+  export_lib.export_saved_model(classifier, layer, export_dir)
+  operations = []
+  rmtree, rename = tf.io.gfile.rmtree, tf.io.gfile.rename
+
+  def logged_rmtree(path):
+    rmtree(path)
+    operations.append(('rmtree', path, os.path.exists(os.path.join(export_dir,
+                                                                    'saved_model.pb'))))
+
+  def logged_rename(source, target, overwrite=False):
+    rename(source, target, overwrite)
+    operations.append(('rename', source, target))
+
+  monkeypatch.setattr(tf.io.gfile, 'rmtree', logged_rmtree)
+  monkeypatch.setattr(tf.io.gfile, 'rename', logged_rename)
+  export_lib.export_saved_model(classifier, layer, export_dir)
+  monkeypatch.undo()
+  assert operations == [('rename', export_dir, export_dir + '.old'),
+                        ('rename', export_dir + '.tmp', export_dir),
+                        ('rmtree', export_dir + '.old', True)], operations
+  assert sorted(os.listdir(tmp_path / 'aad')) == ['1']  # the old one is gone, no leftovers
+  assert os.path.exists(os.path.join(export_dir, 'saved_model.pb'))
+
+
+def test_export_binary_falls_back_from_a_corrupt_latest_checkpoint(tmp_path):
+  config = training.TrainConfig(model_dir=str(tmp_path / 'run'))
+  tf.io.gfile.makedirs(config.model_dir)
+  training.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+  classifier, _ = training.build_classifier(config)
+  optimizer = training.build_optimizer(config)
+  optimizer.build(classifier.trainable_variables)
+  checkpointer = checkpointing.Checkpointer(os.path.join(config.model_dir, 'checkpoints'),
+                                            classifier, optimizer)
+  for step in (5, 7):
+    optimizer.iterations.assign(step)
+    checkpointer.save()
+  data = os.path.join(config.model_dir, 'checkpoints', 'ckpt-7.data-00000-of-00001')
+  with open(data, 'r+b') as f:  # truncated: a raw IndexError before issue 13
+    f.truncate(os.path.getsize(data) // 2)
+  export_dir = tmp_path / 'serving' / '1'
+  result = subprocess.run(
+      [sys.executable, '-m', 'trainers.export', f'--model_dir={config.model_dir}',
+       f'--export_dir={export_dir}', '--noexport_keras'], cwd=REPO, env=ENV,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'ckpt-5 (step 5)' in result.stdout
+  assert 'Using ckpt-5: ckpt-7 is corrupt (Read less bytes than requested)' in result.stderr
+  assert os.path.exists(data) and (export_dir / 'saved_model.pb').exists()

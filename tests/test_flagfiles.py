@@ -224,7 +224,9 @@ def test_binary_takes_a_flagfile_by_name_outside_the_checkout(tmp_path):
       [sys.executable, '-m', 'trainers.main', '--flagfile=no_such.cfg'], cwd=tmp_path,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=str(ROOT)), capture_output=True,
       text=True, timeout=120)
-  assert missing.returncode == 1 and 'Unable to open flagfile' in missing.stderr
+  # One line and the usage status (trainers/cli.py), naming the flagfile.
+  assert missing.returncode == 2 and 'no_such.cfg' in missing.stderr
+  assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
 
 
 SCRIPTS = {'aad-train': 'main', 'aad-evaluate': 'evaluate', 'aad-export': 'export',
@@ -252,3 +254,14 @@ def test_installed_console_script_helps_as_python_m_does(tmp_path):
     outputs.append([line for line in result.stdout.splitlines() if not line.endswith(':')
                     or line.startswith(' ')])
   assert outputs[0] == outputs[1] and any('--resnet_source' in line for line in outputs[0])
+
+
+def test_quickstart_trains_at_the_full_eps_it_is_evaluated_at(tmp_path, monkeypatch):
+  """Issue 13: the quickstart used to end inside the eps warm-up (PGD-20 0.00%, read as 'the
+  defense does not work'); its last steps must train at the eps the evaluation attacks with."""
+  config = parse('quickstart', tmp_path, monkeypatch)
+  attack = config.defense.attack
+  assert (config.defense.defense, config.defense.aad) == ('madry', True)
+  assert attack.warmup_steps < config.total_steps()
+  assert config.total_steps() - attack.warmup_steps >= config.total_steps() // 2
+  assert attack.eps == pytest.approx(main.eval_eps()) == pytest.approx(0.3)

@@ -5,10 +5,12 @@ process-wide; SIGKILL needs a process of its own): LeNet with dropout, pad-crop-
 and Madry + AAD with random PGD starts, so every source of randomness must resume exactly.
 """
 
+import dataclasses
 import errno
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -110,15 +112,64 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_nan_weights_are_never_checkpointed(tmp_path):
   arrays = train_worker.tiny_arrays(data_lib)
   config = tiny_config(tmp_path / 'run')
-  # A NaN image in step 3 makes the weights NaN; the fused conv + ReLU keeps that step's loss
-  # finite on CPU, so it is the check before saving that stops the run.
+  # A NaN image in step 3 makes the weights NaN. Whether that step's loss is NaN too depends on
+  # the CPU's fused kernels (oneDNN's conv + ReLU can turn a NaN activation into 0), so either
+  # guard may stop the run; what must hold is the behaviour: the run stops, ckpt-2 stays the
+  # latest, and no NaN is ever checkpointed. Each guard has its own deterministic test below.
   flat, _ = data_lib.batch_indices(arrays.num_train, batch_size=8, seed=config.seed,
                                    start_step=2, num_steps=1)
   x = arrays.x_train.copy()
   x[flat[0]] = np.nan
   poisoned = data_lib.Arrays(x, arrays.y_train, arrays.x_test, arrays.y_test)
-  with pytest.raises(checkpointing.NonFiniteLossError, match=r'NaN or Inf by step 3.*ckpt-2'):
+  with pytest.raises(checkpointing.NonFiniteLossError, match=r'ckpt-2'):
     training.train(config, poisoned)
+  ckpt_dir = tmp_path / 'run' / 'checkpoints'
+  assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith('ckpt-2')
+  assert not list(ckpt_dir.glob('ckpt-3*'))
+  for _, path in checkpointing.checkpoints_newest_first(str(ckpt_dir)):
+    assert all(np.isfinite(w).all() for w in restored_weights(config, path)), path
+
+
+def poison_train_step(monkeypatch, *, at_step, target):
+  """Makes AADModel's train step produce a NaN at optimizer step `at_step`, in graph, exactly.
+
+  target 'loss': the logged loss is NaN, the weights stay finite (the loss guard's case).
+  target 'weights': the first kernel becomes NaN after the update, the loss stays finite (the
+  case of a fused kernel that hides a NaN activation; only the check before saving sees it).
+  """
+  original = defense.AADModel.train_step
+
+  def train_step(self, data):
+    logs = dict(original(self, data))
+    hit = tf.equal(self.optimizer.iterations, at_step)
+    if target == 'loss':
+      logs['loss'] = tf.where(hit, tf.constant(np.nan, logs['loss'].dtype), logs['loss'])
+    else:
+      kernel = self.classifier.trainable_variables[0]
+      kernel.assign(tf.where(hit, tf.fill(tf.shape(kernel), np.nan), kernel))
+    return logs
+
+  monkeypatch.setattr(defense.AADModel, 'train_step', train_step)
+
+
+def test_loss_guard_stops_on_a_nan_loss_with_finite_weights(tmp_path, monkeypatch):
+  poison_train_step(monkeypatch, at_step=3, target='loss')
+  config = tiny_config(tmp_path / 'run')
+  with pytest.raises(checkpointing.NonFiniteLossError) as raised:
+    training.train(config, train_worker.tiny_arrays(data_lib))
+  assert not isinstance(raised.value, checkpointing.NonFiniteWeightsError)
+  assert re.search(r'^loss became nan at step 3 .*ckpt-2.*is kept', str(raised.value))
+  ckpt_dir = tmp_path / 'run' / 'checkpoints'
+  assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith('ckpt-2')
+  assert not list(ckpt_dir.glob('ckpt-3*'))
+
+
+def test_weights_guard_refuses_to_save_nan_weights_behind_a_finite_loss(tmp_path, monkeypatch):
+  poison_train_step(monkeypatch, at_step=3, target='weights')
+  config = tiny_config(tmp_path / 'run')
+  with pytest.raises(checkpointing.NonFiniteWeightsError,
+                     match=r'became NaN or Inf by step 3; stopping without saving.*ckpt-2'):
+    training.train(config, train_worker.tiny_arrays(data_lib))
   ckpt_dir = tmp_path / 'run' / 'checkpoints'
   assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith('ckpt-2')
   assert not list(ckpt_dir.glob('ckpt-3*'))
@@ -163,3 +214,176 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monk
   model = training.train(config, arrays)
   assert int(model.optimizer.iterations.numpy()) == 5
   assert tf.train.latest_checkpoint(ckpt_dir).endswith('ckpt-5')
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13: corrupt checkpoints, changed configurations, nothing written before validation.
+
+def truncate(path):
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.truncate(size // 2)
+
+
+def flip_bits(path):
+  """Flips one bit every 4 KiB: every tensor of the file fails its checksum."""
+  data = bytearray(pathlib.Path(path).read_bytes())
+  for i in range(len(data) // 2 % 4096, len(data), 4096):
+    data[i] ^= 0x10
+  pathlib.Path(path).write_bytes(bytes(data))
+
+
+def data_file(ckpt_dir, step):
+  return str(ckpt_dir / f'ckpt-{step}.data-00000-of-00001')
+
+
+@pytest.mark.parametrize('damage, reason', [(truncate, 'Read less bytes than requested'),
+                                            (flip_bits, 'Checksum does not match')])
+def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog, damage, reason):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=4, checkpoint_every=2)
+  training.train(config, arrays)
+  ckpt_dir = tmp_path / 'run' / 'checkpoints'
+  damage(data_file(ckpt_dir, 4))
+  damaged = pathlib.Path(data_file(ckpt_dir, 4)).read_bytes()
+  caplog.set_level('INFO', logger='absl')
+  model = training.train(dataclasses.replace(config, train_steps=6), arrays)
+  assert int(model.optimizer.iterations.numpy()) == 6
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  line = next(m for m in warnings if m.startswith('Using ckpt-2'))
+  assert 'ckpt-4 is corrupt' in line and reason in line and 'different model' not in line
+  assert '\n' not in line
+  # Never deleted: moved aside, byte for byte, so that neither rotation nor the new save at
+  # step 4 can overwrite it.
+  aside = list((ckpt_dir / 'corrupt').glob('*/ckpt-4.data-00000-of-00001'))
+  assert len(aside) == 1 and aside[0].read_bytes() == damaged
+  assert (aside[0].parent / 'ckpt-4.index').exists()
+  assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith('ckpt-6')
+  assert all(np.isfinite(w).all() for w in restored_weights(config, str(ckpt_dir / 'ckpt-4')))
+
+
+def test_every_checkpoint_corrupt_is_reported_as_corrupt(tmp_path):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=4, checkpoint_every=2)
+  training.train(config, arrays)
+  ckpt_dir = tmp_path / 'run' / 'checkpoints'
+  flip_bits(data_file(ckpt_dir, 4))
+  truncate(data_file(ckpt_dir, 2))
+  with pytest.raises(checkpointing.CheckpointError) as raised:
+    training.train(dataclasses.replace(config, train_steps=6), arrays)
+  message = str(raised.value)
+  assert re.search(r'ckpt-4 is corrupt \([^;]*Checksum does not match', message), message
+  assert re.search(r'ckpt-2 is corrupt \([^;]*Read less bytes', message), message
+  assert 'different model' not in message and '\n' not in message
+  assert sorted(p.name for p in ckpt_dir.glob('ckpt-*.index')) == ['ckpt-2.index',
+                                                                   'ckpt-4.index']
+
+
+def test_checkpoint_of_another_model_is_not_called_corrupt(tmp_path):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2)
+  training.train(config, arrays)
+  (tmp_path / 'run' / 'config.json').unlink()  # hide the config guard: the checkpoint decides
+  other = dataclasses.replace(config, model='resnet9', dataset='cifar10', train_steps=4)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'ckpt-2 is written by a different model or optimizer'):
+    training.train(other, train_worker.tiny_arrays(data_lib, shape=(32, 32, 3)))
+
+
+def test_resume_refuses_a_changed_defense_and_leaves_the_run_untouched(tmp_path):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2)
+  training.train(config, arrays)
+  run = tmp_path / 'run'
+  before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+  changed = dataclasses.replace(
+      config, train_steps=4, seed=5,
+      defense=defense.DefenseConfig(defense='madry', attack=defense.AttackConfig(num_steps=1)))
+  started = time.time()
+  with pytest.raises(training.ConfigChangeError) as raised:
+    training.train(changed, arrays)
+  assert time.time() - started < 5  # before building anything
+  message = str(raised.value)
+  assert '\n' not in message
+  for field in ("defense.defense ('none' -> 'madry')", 'defense.attack.num_steps', 'seed (1 -> 5)'):
+    assert field in message
+  assert 'train_steps' not in message  # a longer budget is a resume, not a change
+  assert '--allow_config_change' in message
+  assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
+
+  # Allowed explicitly: it trains on, and the run records what changed, from what, at which step.
+  model = training.train(changed, arrays, allow_config_change=True)
+  assert int(model.optimizer.iterations.numpy()) == 4
+  history = json.loads((run / training.CONFIG_CHANGES).read_text())
+  assert len(history) == 1 and history[0]['step'] == 2
+  assert history[0]['changes']['defense.defense'] == {'from': 'none', 'to': 'madry'}
+  assert history[0]['changes']['seed'] == {'from': 1, 'to': 5}
+  assert json.loads((run / 'config.json').read_text())['defense']['defense'] == 'madry'
+
+
+def test_resume_with_a_longer_budget_is_no_change(tmp_path, caplog):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2,
+                       learning_rate=0.001)
+  training.train(config, arrays)
+  caplog.set_level('INFO', logger='absl')
+  model = training.train(dataclasses.replace(config, train_steps=3, checkpoint_every=1), arrays)
+  assert int(model.optimizer.iterations.numpy()) == 3
+  assert not (tmp_path / 'run' / training.CONFIG_CHANGES).exists()
+  # 0.001 is not exactly representable in the float32 variable: no 'replaced' line for it.
+  assert not [r for r in caplog.records if 'Learning rate' in r.getMessage()]
+  training.train(dataclasses.replace(config, train_steps=4, learning_rate=0.002), arrays)
+  assert any('Learning rate 0.001 from the checkpoint replaced by the configured 0.002' in
+             r.getMessage() for r in caplog.records)
+
+
+def test_failed_validation_leaves_no_run_directory_behind(tmp_path, monkeypatch):
+  # Read-only parent (simulated: the tests may run as root, who may write anywhere).
+  real_access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode: (
+      False if os.path.abspath(path) == str(tmp_path) else real_access(path, mode)))
+  with pytest.raises(checkpointing.CheckpointError, match='not writable: cannot create it in'):
+    training.train(tiny_config(tmp_path / 'run'), train_worker.tiny_arrays(data_lib))
+  monkeypatch.undo()
+  assert not (tmp_path / 'run').exists()
+  # A model that cannot be built (no such weights file) fails before the directory appears.
+  config = tiny_config(tmp_path / 'run2', model='inception_v3', dataset='imagenet',
+                       pretrained_weights=str(tmp_path / 'missing.h5'))
+  with pytest.raises(Exception):
+    training.train(config)
+  assert not (tmp_path / 'run2').exists()
+
+
+def test_plain_progress_lines_off_a_terminal(tmp_path, caplog, capsys):
+  caplog.set_level('INFO', logger='absl')
+  config = tiny_config(tmp_path / 'run', train_steps=25, log_every=10, checkpoint_every=25)
+  training.train(config, train_worker.tiny_arrays(data_lib))  # pytest's stdout is no terminal
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step ')]
+  assert [line.split(':')[0] for line in lines] == ['step 10/25', 'step 20/25', 'step 25/25']
+  assert re.fullmatch(r'step 10/25: loss [\d.]+, class_loss [\d.]+, clean_acc [\d.]+; '
+                      r'[\d.]+ steps/s, ETA \d+s', lines[0]), lines[0]
+  out = capsys.readouterr()
+  assert '\x08' not in out.out + out.err and '\x1b[' not in out.out + out.err
+
+
+def test_existing_read_only_model_dir_fails_at_once_and_changes_nothing(tmp_path, monkeypatch):
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2)
+  training.train(config, arrays)
+  run = tmp_path / 'run'
+  before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+  gfile = tf.io.gfile.GFile
+
+  def read_only(path, mode='r'):  # what a read-only mount answers (root ignores chmod)
+    if 'w' in mode or 'a' in mode:
+      raise tf.errors.PermissionDeniedError(None, None, f'{path}; Read-only file system')
+    return gfile(path, mode)
+
+  monkeypatch.setattr(tf.io.gfile, 'GFile', read_only)
+  started = time.time()
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'^Directory .*run is not writable: .*Read-only file system\.$'):
+    training.train(dataclasses.replace(config, train_steps=4), arrays)
+  assert time.time() - started < 5
+  monkeypatch.undo()
+  assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before

@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 
 from aad_tf import study
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -43,4 +44,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

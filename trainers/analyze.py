@@ -14,8 +14,9 @@ analysis.md (the tables in the paper's layout), records.npz (per-example values)
 (fig1_gradcam.png, fig2_rounds.png, fig3_lime.png, fig_compare.png). See aad_tf/analysis.py for
 the definitions (grids, IoU, kappa) and aad_tf/imagenet_boxes.py for the ImageNet file layout.
 
-A --model_dir is a run of trainers.main: its config.json names the dataset and backbone; the
-weights come from export/model.keras if present, else from the latest checkpoint. With --model,
+A --model_dir is a run of trainers.main on images with boxes (boxed_mnist): its config.json names
+the dataset and backbone; the weights are the newer of export/model.keras and the latest
+checkpoint (aad_tf/runs.py). With --model,
 --pretrained_weights is a whole .keras model or a weights file (the ImageNet backbones load it
 themselves: a whole InceptionV3 as in the paper's analysis; resnet50's file holds only its
 backbone, so it needs a trained run instead). --dataset=imagenet reads the validation images and
@@ -39,6 +40,7 @@ from aad_tf import boxed_digits
 from aad_tf import data as data_lib
 from aad_tf import imagenet_boxes
 from aad_tf import models
+from aad_tf import runs
 from aad_tf import training
 from trainers import flagfiles
 
@@ -110,21 +112,13 @@ def run_config(model_dir: str) -> training.TrainConfig:
 
 
 def load_run(model_dir: str) -> analysis.AnalyzedModel:
-  """The classifier of a trainers.main run: export/model.keras, else the latest checkpoint."""
-  config = run_config(model_dir)
-  layer = models.get_spec(config.model).gradcam_layer
-  name = os.path.basename(os.path.normpath(model_dir))
-  exported = os.path.join(model_dir, 'export', 'model.keras')
-  if os.path.isfile(exported):
-    classifier = keras.models.load_model(exported, safe_mode=True, compile=False)
-    logging.info('%s: loaded %s.', name, exported)
-  else:
-    try:
-      classifier, layer, step = training.restore_classifier(config)
-    except ValueError as e:
-      raise app.UsageError(f'{model_dir}: no export/model.keras, and {e}') from e
-    logging.info('%s: restored its checkpoint of step %d.', name, step)
-  return analysis.AnalyzedModel(name, classifier, layer)
+  """The classifier of a trainers.main run, by the rule of aad_tf/runs.py (the newer weights)."""
+  try:
+    run = runs.load_classifier(model_dir)
+  except ValueError as e:
+    raise app.UsageError(f'{model_dir}: {e}') from e
+  return analysis.AnalyzedModel(os.path.basename(os.path.normpath(model_dir)), run.classifier,
+                                run.gradcam_layer)
 
 
 def load_pretrained(name: str, weights: str, input_shape, num_classes: int
@@ -158,7 +152,13 @@ def main(argv):
     raise app.UsageError('Give either --model_dir or --model (with --pretrained_weights).')
   if FLAGS.model and not FLAGS.pretrained_weights:
     raise app.UsageError('--model needs --pretrained_weights.')
-  dataset = FLAGS.dataset or (run_config(FLAGS.model_dir).dataset if FLAGS.model_dir else None)
+  run_dataset = run_config(FLAGS.model_dir).dataset if FLAGS.model_dir else None
+  if run_dataset is not None and run_dataset not in DATASETS:
+    raise app.UsageError(
+        f'{FLAGS.model_dir} was trained on {run_dataset}, which has no bounding boxes; the '
+        f'attention analysis needs boxed data: a run trained on boxed_mnist '
+        f'(flags/boxed_mnist_*.cfg) or --dataset=imagenet with --imagenet_dir.')
+  dataset = FLAGS.dataset or run_dataset
   if dataset not in DATASETS:
     raise app.UsageError(f'--dataset must be one of {DATASETS} (images with boxes), got '
                          f'{dataset!r}.')

@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from aad_tf import results
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -78,4 +79,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

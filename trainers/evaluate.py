@@ -7,8 +7,8 @@ r"""Robustness evaluation of a trained run or of an exported model: attacks, wor
       --dataset=mnist --data_dir=../shared/data --attacks=clean,pgd100,apgd_ce,square
 
 With --model_dir the run's config.json gives the dataset, backbone and seed, its flags.txt the
-evaluation eps (--eval_eps), and the weights come from export/model.keras (else the latest
-checkpoint; see --weights). With --saved_model (a SavedModel directory, or a .keras file) pass
+evaluation eps (--eval_eps), and the weights come from the newer of its latest checkpoint and
+export/model.keras (aad_tf/runs.py; see --weights). With --saved_model (a SavedModel directory, or a .keras file) pass
 --dataset; a SavedModel exposes logits only, so the attacks that need Grad-CAM features (the A^3
 attacks and `adaptive`) are skipped and listed as such.
 
@@ -21,6 +21,7 @@ aad_tf/evaluation.py; the default runs the whole suite. Gradient-masking diagnos
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import keras
@@ -35,6 +36,7 @@ from aad_tf import diagnostics as diagnostics_lib
 from aad_tf import evaluation
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
+from aad_tf import runs
 from aad_tf import training
 from trainers import common_flags
 from trainers import flagfiles
@@ -48,8 +50,8 @@ def define_flags() -> None:
                       'An exported SavedModel directory or .keras file to evaluate instead of '
                       'a --model_dir run (needs --dataset).')
   flags.DEFINE_enum('weights', 'auto', ['auto', 'keras', 'checkpoint'],
-                    'With --model_dir: auto (export/model.keras, else the latest checkpoint), '
-                    'keras or checkpoint.')
+                    'With --model_dir: auto (the newer of the latest checkpoint and '
+                    'export/model.keras, see aad_tf/runs.py), keras or checkpoint.')
   flags.DEFINE_string('checkpoint', None,
                       'With --model_dir: a checkpoint path (<model_dir>/checkpoints/ckpt-<step>).')
   flags.DEFINE_string('gradcam_layer', None,
@@ -130,24 +132,10 @@ class Source:
 def load_run(model_dir: str) -> Source:
   """The classifier of a trainers.main run, with its dataset, eps and seed."""
   try:
-    config = training.load_config(model_dir)
+    run = runs.load_classifier(model_dir, source=FLAGS.weights, checkpoint=FLAGS.checkpoint)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  layer = models.get_spec(config.model).gradcam_layer
-  keras_path = os.path.join(model_dir, 'export', 'model.keras')
-  use_keras = FLAGS.weights == 'keras' or (
-      FLAGS.weights == 'auto' and not FLAGS.checkpoint and tf.io.gfile.exists(keras_path))
-  if use_keras:
-    if not tf.io.gfile.exists(keras_path):
-      raise app.UsageError(f'--weights=keras but {keras_path} does not exist.')
-    classifier = keras.models.load_model(keras_path, safe_mode=True, compile=False)
-    origin = keras_path
-  else:
-    try:
-      classifier, layer, step = training.restore_classifier(config, FLAGS.checkpoint)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from e
-    origin = f'{FLAGS.checkpoint or "latest checkpoint"} (step {step})'
+  config, classifier, layer, origin = run.config, run.classifier, run.gradcam_layer, run.origin
   run_flags = read_flagfile(os.path.join(model_dir, 'flags.txt'))
   eps = float(run_flags['eval_eps']) if run_flags.get('eval_eps') not in (None, '', 'None') \
       else None
@@ -244,7 +232,7 @@ def main(argv):
 
   keras.utils.set_random_seed(seed)
   started = time.time()
-  report = evaluation.evaluate(source.target, dataset, attacks, progress=True, seed=seed,
+  report = evaluation.evaluate(source.target, dataset, attacks, progress=sys.stdout.isatty(), seed=seed,
                                first_batch=FLAGS.eval_offset // FLAGS.batch_size)
   if FLAGS.diagnostics:
     checks = diagnostics_lib.run_all(

@@ -4,15 +4,16 @@ r"""Exports a run's classifier as a versioned SavedModel for TF Serving, and as 
 
 writes /tmp/serving/aad/1/ (signatures `serving_default` and `attention`, see aad_tf/export.py),
 its MODEL_CARD.md and model_info.json (from the run's config.json and robustness.json, see
-aad_tf/model_card.py), and /tmp/serving/aad/model-1.keras. The weights come from the run's latest
-checkpoint (or --checkpoint), else from <model_dir>/export/model.keras. Serve the base directory with
+aad_tf/model_card.py), and /tmp/serving/aad/model-1.keras. The weights come from the newer of the
+run's latest checkpoint that restores and <model_dir>/export/model.keras (the rule of
+aad_tf/runs.py, shared with trainers.evaluate), or from --checkpoint / --source. Serve the base
+directory with
 
   tensorflow_model_server --rest_api_port=8501 --model_name=aad --model_base_path=/tmp/serving/aad
 """
 
 import os
 
-import keras
 from absl import app
 from absl import flags
 from absl import logging
@@ -20,6 +21,7 @@ from absl import logging
 from aad_tf import export as export_lib
 from aad_tf import model_card
 from aad_tf import models
+from aad_tf import runs
 from aad_tf import training
 from trainers import flagfiles
 
@@ -32,8 +34,8 @@ def define_flags() -> None:
                       'Version directory <base>/<version>, <version> a positive integer (the '
                       'layout TF Serving watches).')
   flags.DEFINE_enum('source', 'auto', ['auto', 'checkpoint', 'keras'],
-                    'Weights: auto (latest checkpoint, else export/model.keras), checkpoint or '
-                    'keras.')
+                    'Weights: auto (the newer of the latest checkpoint and export/model.keras, '
+                    'see aad_tf/runs.py), checkpoint or keras.')
   flags.DEFINE_string('checkpoint', None,
                       'A checkpoint path (<model_dir>/checkpoints/ckpt-<step>); default latest.')
   flags.DEFINE_bool('export_keras', True, 'Also write <base>/model-<version>.keras.')
@@ -58,25 +60,12 @@ def check_destination(export_dir: str, overwrite: bool) -> None:
 
 
 def load_classifier(model_dir: str, source: str, checkpoint):
-  """(classifier, Grad-CAM layer, description of where the weights came from)."""
+  """(classifier, Grad-CAM layer, description of where the weights came from): runs' rule."""
   try:
-    config = training.load_config(model_dir)
+    run = runs.load_classifier(model_dir, source=source, checkpoint=checkpoint)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  layer = models.get_spec(config.model).gradcam_layer
-  keras_path = os.path.join(model_dir, 'export', 'model.keras')
-  kept = training.list_checkpoints(model_dir)
-  if source == 'checkpoint' or checkpoint or (source == 'auto' and kept):
-    if not (checkpoint or kept):
-      raise app.UsageError(f'No checkpoint in {model_dir}/checkpoints.')
-    try:
-      classifier, layer, step = training.restore_classifier(config, checkpoint)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from e
-    return classifier, layer, f'checkpoint {checkpoint or kept[-1][1]} (step {step})'
-  if not os.path.exists(keras_path):
-    raise app.UsageError(f'Neither a checkpoint in {model_dir}/checkpoints nor {keras_path}.')
-  return keras.models.load_model(keras_path, safe_mode=True), layer, keras_path
+  return run.classifier, run.gradcam_layer, run.origin
 
 
 def main(argv):

@@ -24,6 +24,8 @@ from typing import Callable, List, Optional, Sequence
 from absl import app
 from absl import flags
 
+from trainers import cli
+
 FLAGS = flags.FLAGS
 
 _DIRECTIVES = ('--flagfile', '-flagfile')
@@ -129,14 +131,12 @@ def _flags_dir_or_none() -> Optional[str]:
 
 
 def parse_flags(argv: Sequence[str]) -> List[str]:
-  """absl's `parse_flags_with_usage` after `expand`; exits with absl's message on a bad flagfile."""
+  """`cli.parse_flags` after `expand`: a bad flag or flagfile is one line and exit status 2."""
   try:
     argv = expand(argv)
   except flags.Error as e:
-    sys.stderr.write(f'FATAL Flags parsing error: {e}\n'
-                     'Pass --helpshort or --helpfull to see help on flags.\n')
-    sys.exit(1)
-  return app.parse_flags_with_usage(argv)
+    cli.fail(e, cli.USAGE)
+  return cli.parse_flags(argv)
 
 
 def run(main: Callable, define_flags: Callable[[], None]) -> None:
@@ -155,4 +155,4 @@ def run(main: Callable, define_flags: Callable[[], None]) -> None:
     main_module = sys.modules.get('__main__')
     if doc and main_module is not None and not getattr(main_module, '__doc__', None):
       main_module.__doc__ = doc  # absl's usage text is the main module's docstring
-  app.run(main, flags_parser=parse_flags)
+  app.run(cli.guarded(main), flags_parser=parse_flags)

@@ -4,10 +4,14 @@ r"""Trains a classifier with adversarial training and AAD, exports it and evalua
       --model_dir=/tmp/mnist_madry_aad --train_steps=50 --eval_examples=200
 
 Writes into --model_dir: checkpoints/, tensorboard/, flags.txt, config.json, export/ and eval.json
-(see WORKSPACE.md). Re-running with the same --model_dir resumes from the last checkpoint.
+(see WORKSPACE.md). Re-running with the same --model_dir resumes from the last checkpoint; a
+changed run-defining flag (dataset, model, defense, AAD, attack, seed, ...) is refused unless
+--allow_config_change. Nothing in --model_dir changes before the flags, the data, the model and
+the existing run have been checked; an expected failure is one line on stderr (trainers/cli.py).
 """
 
 import os
+import sys
 import time
 from typing import Optional
 
@@ -16,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from aad_tf import base_defenses
+from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
 from aad_tf import distribute
@@ -29,6 +34,7 @@ from aad_tf.models import imagenet as imagenet_models
 from aad_tf import overfitting
 from aad_tf import summaries
 from aad_tf import training
+from trainers import cli
 from trainers import common_flags
 from trainers import flagfiles
 
@@ -37,6 +43,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   common_flags.define_common_flags()
+  common_flags.define_resume_flags()
   flags.DEFINE_enum('model', 'lenet', list(models.available_models()), 'Classifier backbone.')
   flags.DEFINE_float('keep_prob', 0.5, 'Dropout keep probability (LeNet).', lower_bound=0.0,
                      upper_bound=1.0)
@@ -258,27 +265,50 @@ def closing_eval_dataset(config: training.TrainConfig, arrays: Optional[data_lib
                                num_examples=FLAGS.eval_examples)
 
 
+def check_eval_examples(config: training.TrainConfig, arrays: Optional[data_lib.Arrays]) -> None:
+  """--eval_examples must fit the test split: checked before training, not after it."""
+  if FLAGS.eval_examples is None:
+    return
+  if arrays is None and config.dataset not in data_lib.STREAMED_DATASETS:
+    available, split = config.info.num_test, 'test'  # the standard split, before loading it
+  elif arrays is not None:
+    available, split = arrays.num_test, 'test'
+  else:
+    builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
+    available, split = int(builder.info.splits['validation'].num_examples), 'validation'
+  if FLAGS.eval_examples > available:
+    raise app.UsageError(f'--eval_examples={FLAGS.eval_examples} exceeds the {available} '
+                         f'examples of the {config.dataset} {split} split.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   strategy = create_strategy()
-  config = config_from_flags()
+  config = common_flags.absolute_paths(config_from_flags())
   chief = distribute.is_chief(strategy)
-  if chief:
-    training.write_flags(config.model_dir, FLAGS.flags_into_string())
+  if chief:  # Cheap checks first: the run directory and the existing run.
+    checkpointing.check_writable(config.model_dir)
+    training.check_resume(config, FLAGS.allow_config_change)
   streamed = config.dataset in data_lib.STREAMED_DATASETS
+  if not streamed:
+    check_eval_examples(config, None)
   if streamed and FLAGS.overfit_guard != 'off':
     raise app.UsageError('--overfit_guard needs an in-memory dataset, not imagenet.')
   arrays = None if streamed else data_lib.load_arrays(
       config.dataset, data_dir=config.data_dir, source=config.data_source,
       download=config.download)
+  check_eval_examples(config, arrays)
   guard = overfit_guard(config, arrays) if arrays is not None else None
   shown = arrays if arrays is not None else (
       imagenet_sample(config, FLAGS.summary_images) if FLAGS.summary_images else None)
   writer = summary_callback(config, shown) if shown is not None else None
   callbacks = [*([writer] if writer else []), *([guard] if guard else [])]
   started = time.time()
-  model = training.train(config, arrays, callbacks=callbacks, strategy=strategy)
+  # flags.txt is written with config.json, once train has checked the model and the checkpoint.
+  model = training.train(config, arrays, callbacks=callbacks, strategy=strategy,
+                         allow_config_change=FLAGS.allow_config_change,
+                         run_files={'flags.txt': common_flags.flags_text()} if chief else None)
   train_wall_time = time.time() - started
   if not chief:
     return
@@ -290,10 +320,11 @@ def main(argv):
   report = evaluation.evaluate(classifier, dataset,
                                evaluation.standard_attacks(FLAGS.eval_attacks, eps=eps,
                                                            seed=config.seed),
-                               gradcam_layer=layer, seed=config.seed)
+                               gradcam_layer=layer, seed=config.seed,
+                               progress=sys.stdout.isatty())
   table = evaluation.format_table(report, row_name=os.path.basename(config.model_dir.rstrip('/')))
-  logging.info('Closing evaluation (eps %.4f):\n%s', eps, table)
-  print(table)
+  print(f'Closing evaluation (eps {eps:.4f}, {report.num_examples} test examples), accuracy '
+        f'(%):\n{table}', flush=True)  # Once, on stdout; the log says where it is saved.
   training.write_json(os.path.join(config.model_dir, 'eval.json'),
                       {'dataset': config.dataset, 'model': config.model, 'eps': eps,
                        'seed': config.seed, **report.to_json(),
@@ -303,6 +334,7 @@ def main(argv):
                                  'wall_time_s': train_wall_time},
                        'overfit_guard': guard.summary() if guard else None,
                        'aad_diagnostics': writer.aad_summary() if writer else None})
+  logging.info('Wrote the closing evaluation to %s.', os.path.join(config.model_dir, 'eval.json'))
   summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
                                int(model.optimizer.iterations.numpy()),
                                report.to_json()['accuracy'])

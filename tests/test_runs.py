@@ -1,0 +1,130 @@
+"""Tests for aad_tf/runs.py: which weights the binaries that read a run use (issue 13).
+
+One rule for trainers.evaluate, trainers.export and trainers.analyze: the newer of the newest
+checkpoint and export/model.keras wins, logged; corrupt checkpoints are skipped, not deleted.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from aad_tf import checkpointing
+from aad_tf import data as data_lib
+from aad_tf import defense
+from aad_tf import export as export_lib
+from aad_tf import runs
+from aad_tf import training
+from trainers import export as export_binary
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_worker  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def weights_of(model):
+  return [w.numpy() for w in model.weights]
+
+
+def assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture
+def run(tmp_path):
+  """A tiny run with ckpt-2 and ckpt-4 and a stale export/model.keras (other weights, older)."""
+  config = training.TrainConfig(
+      model_dir=str(tmp_path / 'run'), keep_prob=1.0, batch_size=8, train_steps=4,
+      optimizer='sgd', learning_rate=0.01, seed=1, checkpoint_every=2, keep_checkpoints=5,
+      defense=defense.DefenseConfig(defense='none'))
+  model = training.train(config, train_worker.tiny_arrays(data_lib))
+  keras.utils.set_random_seed(9)
+  stale, _ = training.build_classifier(config)
+  keras_path = export_lib.export_keras(stale, runs.keras_path(config.model_dir))
+  ckpt_index = os.path.join(config.model_dir, 'checkpoints', 'ckpt-4.index')
+  mtime = os.path.getmtime(ckpt_index)
+  os.utime(keras_path, (mtime - 100, mtime - 100))  # exported, then trained on with --noexport
+  return config, weights_of(model.classifier), weights_of(stale)
+
+
+def test_the_newer_of_checkpoint_and_export_wins_and_is_logged(run, caplog):
+  config, trained, stale = run
+  caplog.set_level('INFO', logger='absl')
+  loaded = runs.load_classifier(config.model_dir)
+  assert loaded.origin.endswith('ckpt-4 (step 4)')
+  assert_same(weights_of(loaded.classifier), trained)
+  assert any('ckpt-4 is newer than export/model.keras' in r.getMessage() for r in caplog.records)
+  # trainers.export uses the same rule (it used to pick the checkpoint while trainers.evaluate
+  # picked the stale export).
+  assert export_binary.load_classifier(config.model_dir, 'auto', None)[2] == loaded.origin
+
+  keras_path = runs.keras_path(config.model_dir)
+  newer = os.path.getmtime(keras_path) + 1000
+  os.utime(keras_path, (newer, newer))
+  loaded = runs.load_classifier(config.model_dir)
+  assert loaded.origin == keras_path
+  assert_same(weights_of(loaded.classifier), stale)
+  assert any('export/model.keras is newer than ckpt-4' in r.getMessage()
+             for r in caplog.records)
+  # Asked for explicitly, each kind is what was asked for.
+  assert runs.load_classifier(config.model_dir, source='checkpoint').origin.endswith('(step 4)')
+  assert runs.load_classifier(
+      config.model_dir, checkpoint=os.path.join(config.model_dir, 'checkpoints', 'ckpt-2')
+  ).origin.endswith('ckpt-2 (step 2)')
+
+
+def test_corrupt_newest_checkpoint_is_skipped_and_left_in_place(run, caplog):
+  config, _, stale = run
+  ckpt_dir = pathlib.Path(config.model_dir) / 'checkpoints'
+  data = ckpt_dir / 'ckpt-4.data-00000-of-00001'
+  data.write_bytes(data.read_bytes()[:100])  # truncated (an IndexError before issue 13)
+  caplog.set_level('INFO', logger='absl')
+  loaded = runs.load_classifier(config.model_dir, source='checkpoint')
+  assert loaded.origin.endswith('ckpt-2 (step 2)')
+  line = next(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
+  assert line.startswith('Using ckpt-2: ckpt-4 is corrupt (Read less bytes than requested)')
+  assert data.exists() and len(data.read_bytes()) == 100  # a reader never moves or deletes
+  with pytest.raises(checkpointing.CheckpointError, match=r'ckpt-4 is corrupt'):
+    runs.load_classifier(config.model_dir, checkpoint=str(ckpt_dir / 'ckpt-4'))
+
+  # Every checkpoint corrupt: auto falls back to the export, saying so.
+  data2 = ckpt_dir / 'ckpt-2.data-00000-of-00001'
+  data2.write_bytes(data2.read_bytes()[:100])
+  loaded = runs.load_classifier(config.model_dir)
+  assert loaded.origin == runs.keras_path(config.model_dir)
+  assert_same(weights_of(loaded.classifier), stale)
+
+
+def test_missing_weights_are_value_errors(tmp_path):
+  config = training.TrainConfig(model_dir=str(tmp_path / 'run'))
+  with pytest.raises(ValueError, match='config.json not found'):
+    runs.load_classifier(config.model_dir)
+  os.makedirs(config.model_dir)
+  training.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+  with pytest.raises(ValueError, match='Neither a checkpoint'):
+    runs.load_classifier(config.model_dir)
+  with pytest.raises(ValueError, match='model.keras does not exist'):
+    runs.load_classifier(config.model_dir, source='keras')
+  with pytest.raises(ValueError, match='source must be one of'):
+    runs.load_classifier(config.model_dir, source='newest')
+
+
+def test_evaluate_binary_uses_the_newer_checkpoint_not_a_stale_export(run, shared_data_dir):
+  config, _, _ = run
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+  result = subprocess.run(
+      [sys.executable, '-m', 'trainers.evaluate', f'--model_dir={config.model_dir}',
+       f'--data_dir={shared_data_dir}', '--attacks=clean', '--nodiagnostics',
+       '--eval_examples=20', '--batch_size=20'], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((pathlib.Path(config.model_dir) / 'robustness.json').read_text())
+  assert report['source'].endswith('ckpt-4 (step 4)')
