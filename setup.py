@@ -22,5 +22,9 @@ setuptools.setup(
     extras_require={
         'test': ['pytest==9.0.3'],
         'analysis': ['lime==0.2.0.1', 'scikit-image==0.26.0'],
+        # Peer libraries for cross-checks only (benchmarks/autoattack_vs_art.py and the slow
+        # test in tests/test_autoattack.py); ART's AutoAttack imports multiprocess, which ART
+        # does not declare.
+        'peers': ['adversarial-robustness-toolbox==1.20.1', 'multiprocess==0.70.19'],
     },
 )
