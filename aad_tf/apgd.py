@@ -17,8 +17,8 @@ Losses (per example, ascended):
   'dlr'  Difference of Logits Ratio, -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3): invariant to
          shifting and scaling the logits, so saturated softmax outputs cannot hide gradients.
   targeted DLR (`apgd_targeted`), -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), run once for
-         each of the `num_target_classes` classes ranked highest after y on the clean input
-         (AutoAttack's APGD-T).
+         each of the `num_target_classes` classes ranked highest after y on the clean input,
+         each run only on the examples still correctly classified (AutoAttack's APGD-T).
 
 The returned image is, per example, the last misclassified iterate if any was found, else the
 iterate of highest loss. Everything is one `tf.while_loop`, so a call traces once inside a
