@@ -146,7 +146,29 @@ def to_markdown(result) -> str:
               f"for ours: {cmp['robust_only_ours']}, only for ART: {cmp['robust_only_art']}. "
               f"ART / ours: {cmp['speedup_wall']:.2f}x wall time, {cmp['speedup_cpu']:.2f}x "
               f"CPU time."]
+  lines += ['', NOTES]
   return '\n'.join(lines) + '\n'
+
+
+NOTES = '''## What is compared
+
+- **aad-tf**: `aad_tf.autoattack`, the standard version as the reference `run_standard_evaluation`
+  runs it: APGD-CE (100 iterations, 1 random start), APGD-T (targeted DLR towards the 9 classes
+  ranked highest after the first on the clean input, 100 iterations each), FAB-T (the same 9
+  targets, 100 iterations each, alpha_max 0.1, eta 1.05, beta 0.9), Square (5000 queries,
+  p_init 0.8), each only on the examples still robust; one compiled graph, the time includes
+  tracing. `trainers.evaluate --attacks=autoattack` runs the same function.
+- **ART 1.20**: `art.attacks.evasion.AutoAttack` with the closest configuration ART has. ART has
+  neither APGD-T's targeted DLR loss nor FAB (its default list uses DeepFool and 5 restarts
+  of everything), so it runs `attacks=[APGD-CE, APGD-DLR, Square]` (100 iterations, 1 random
+  start, step 2 eps; Square 5000 iterations, p_init 0.8, 1 restart) with `targeted=True`: the
+  three untargeted, then APGD-CE and APGD-DLR towards each of the 9 other classes (ART's Square
+  cannot be targeted and is skipped there with a warning), each on the examples still robust.
+  That is more attack runs than the standard version, without FAB-T.
+- Both in this one process, ours first, 1 intra-op and 1 inter-op thread each; wall times are
+  those of a shared 2-core machine, CPU times (process time) are the fairer ratio there.
+- ART's `AutoAttack.generate` imports `multiprocess`, which ART does not declare: the `[peers]`
+  extra installs it.'''
 
 
 def main(argv):
