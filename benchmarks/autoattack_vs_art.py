@@ -140,7 +140,7 @@ def to_markdown(result) -> str:
                  f"{100 * theirs['robust_accuracy']:.1f} | {theirs['wall_s']:.0f} | "
                  f"{theirs['cpu_s']:.0f} | {theirs['max_linf']:.4f} |")
   lines += ['', 'Accuracy (%) after each of our stages: ' + ', '.join(
-      f"{name} {100 * value:.1f}" for name, value in ours['accuracy_after'].items())]
+      f"{name} {100 * ours['accuracy_after'][name]:.1f}" for name in ('clean', *autoattack.STAGES))]
   if cmp:
     lines += ['', f"Difference {cmp['difference_points']:+.1f} points (ours - ART); robust only "
               f"for ours: {cmp['robust_only_ours']}, only for ART: {cmp['robust_only_art']}. "
