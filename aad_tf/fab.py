@@ -22,9 +22,9 @@ the first on the clean input are tried in turn, each with one run of `num_steps`
 started at x itself, on the examples not yet fooled; alpha_max = 0.1, eta = 1.05, beta = 0.9.
 A run counts only if its smallest adversarial perturbation is within eps.
 
-One difference from the authors' PyTorch code: there `alpha` is computed per example but the
-line `torch.max(a1 / (a1 + a2), zeros)[0]` keeps only the first example's value for the whole
-batch; here each example uses its own alpha, as the paper writes it.
+Each example has its own alpha, as in the paper and the authors' current code (some earlier
+versions of it indexed `torch.max(a1 / (a1 + a2), zeros)[0]` and so gave the whole batch the
+first example's alpha).
 """
 
 from typing import Optional, Tuple
