@@ -17,8 +17,8 @@ Losses (per example, ascended):
   'dlr'  Difference of Logits Ratio, -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3): invariant to
          shifting and scaling the logits, so saturated softmax outputs cannot hide gradients.
   targeted DLR (`apgd_targeted`), -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), run once for
-         each of the `num_target_classes` classes ranked highest after y on the clean input
-         (AutoAttack's APGD-T).
+         each of the `num_target_classes` classes ranked highest after y on the clean input,
+         each run only on the examples still correctly classified (AutoAttack's APGD-T).
 
 The returned image is, per example, the last misclassified iterate if any was found, else the
 iterate of highest loss. Everything is one `tf.while_loop`, so a call traces once inside a
@@ -199,7 +199,7 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
   return x_out, state['fooled'], state['loss_best']
 
 
-def _default_seed(seed) -> tf.Tensor:
+def default_seed(seed) -> tf.Tensor:
   if seed is None:
     return tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
   return tf.cast(seed, tf.int32)
@@ -244,7 +244,7 @@ def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 10
     raise ValueError(f'loss must be one of {LOSSES}, got {loss!r}.')
   x = tf.convert_to_tensor(x, tf.float32)
   y = tf.cast(y, tf.int32)
-  base_seed = _default_seed(seed)
+  base_seed = default_seed(seed)
   if loss == 'ce':
     loss_fn = lambda logits: attacks_lib.cross_entropy(logits, y)
   else:
@@ -258,13 +258,54 @@ def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 10
   return tf.stop_gradient(_over_restarts(run, num_restarts))
 
 
+def first_success_on_robust(run, model_fn: attacks_lib.ModelFn, x, y, num_runs: int
+                            ) -> tf.Tensor:
+  """Runs j = 0 .. num_runs - 1, each only on the examples still correctly classified.
+
+  The reference's loop over target classes (AutoAttack's APGD-T and FAB-T): examples that the
+  clean model or an earlier run already misclassify are not attacked again, so later runs cost
+  only what is left. One `tf.while_loop`; the subsets have dynamic size.
+
+  Args:
+    run: (j, index int64 [n], x [n, H, W, C], y [n]) -> x_adv [n, H, W, C], where `index`
+      holds the positions of the n examples in the batch.
+    model_fn: x -> logits, to decide which examples are fooled.
+    x, y: images [B, H, W, C] and int labels [B].
+    num_runs: how many runs (static).
+
+  Returns:
+    [B, H, W, C]: for each example fooled by some run, that first run's point; for the
+    others the last run's point (x where the clean input is already misclassified).
+  """
+  def predict(images):
+    return tf.argmax(model_fn(images), axis=-1, output_type=tf.int32)
+
+  def body(j, x_adv, robust):
+    index = tf.where(robust)[:, 0]
+    xs, ys = tf.gather(x, index), tf.gather(y, index)
+    candidate = run(j, index, xs, ys)
+    fooled = tf.not_equal(predict(candidate), ys)
+    rows = index[:, None]
+    return (j + 1, tf.tensor_scatter_nd_update(x_adv, rows, candidate),
+            tf.tensor_scatter_nd_update(robust, rows, tf.logical_not(fooled)))
+
+  def cond(j, x_adv, robust):
+    del x_adv
+    return tf.logical_and(j < num_runs, tf.reduce_any(robust))
+
+  robust = tf.equal(predict(x), y)
+  _, x_adv, _ = tf.while_loop(cond, body, (tf.constant(0), x, robust))
+  return x_adv
+
+
 def apgd_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 100,
                   num_target_classes: int = 9, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
   """APGD-T: APGD on the targeted DLR loss towards each of the top runner-up classes.
 
   Target t_j (j = 1 .. num_target_classes) is the class ranked j-th highest after the first on
-  the clean input (AutoAttack's choice); each example keeps the first target run that fools the
-  model (the attack is untargeted in its success criterion).
+  the clean input (AutoAttack's choice); run j starts at a fresh random point and attacks only
+  the examples that the clean model and runs 1 .. j-1 classify correctly, as the reference does
+  (the attack is untargeted in its success criterion).
 
   Args:
     model_fn: x -> logits [B, K], inference mode; K >= 4.
@@ -272,12 +313,15 @@ def apgd_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps:
     eps: L-inf radius in [0, 1].
     num_steps: iterations per target class.
     num_target_classes: how many target classes to try, at most K - 1.
-    seed: optional stateless seed [2].
+    seed: optional stateless seed [2]; run j starts from fold_in(seed, j).
+
+  Returns:
+    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
   """
   eps = _check(eps, num_steps, num_target_classes)
   x = tf.convert_to_tensor(x, tf.float32)
   y = tf.cast(y, tf.int32)
-  base_seed = _default_seed(seed)
+  base_seed = default_seed(seed)
   clean_logits = model_fn(x)
   num_classes = clean_logits.shape[-1]
   if num_classes is not None and (num_classes < 4 or num_target_classes > num_classes - 1):
@@ -285,12 +329,11 @@ def apgd_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps:
                      f'got K={num_classes}, num_target_classes={num_target_classes}.')
   ranking = tf.argsort(clean_logits, axis=-1, direction='DESCENDING', stable=True)
 
-  def run(j):
-    targets = tf.cast(ranking[:, j + 1], tf.int32)
-    loss_fn = lambda logits: dlr_targeted_loss(logits, y, targets)
-    start = _random_start(x, eps, tf.random.experimental.stateless_fold_in(base_seed, j))
-    x_adv, fooled, _ = apgd_run(loss_fn, model_fn, x, y, start, eps=eps, num_steps=num_steps)
-    return x_adv, fooled
+  def run(j, index, xs, ys):
+    targets = tf.cast(tf.gather(ranking[:, j + 1], index), tf.int32)
+    loss_fn = lambda logits: dlr_targeted_loss(logits, ys, targets)
+    start = _random_start(xs, eps, tf.random.experimental.stateless_fold_in(base_seed, j))
+    x_adv, _, _ = apgd_run(loss_fn, model_fn, xs, ys, start, eps=eps, num_steps=num_steps)
+    return x_adv
 
-  return tf.stop_gradient(_over_restarts(run, num_target_classes))
-
+  return tf.stop_gradient(first_success_on_robust(run, model_fn, x, y, num_target_classes))

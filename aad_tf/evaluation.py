@@ -18,7 +18,13 @@ Attacks by name (lower-case paper headers; `ALL_ATTACKS` is the full suite):
                             distance between the clean attention area and the adversarial map;
                             pgd_a3 uses pgd<a3_num_steps>'s steps, so it pairs with it.
   apgd_ce, apgd_dlr         Auto-PGD (Croce & Hein 2020), `apgd_num_steps` iterations.
-  apgd_t                    targeted APGD-DLR over `apgd_target_classes` classes (optional).
+  apgd_t                    targeted APGD-DLR over `apgd_target_classes` classes, each on the
+                            examples still robust (AutoAttack's APGD-T).
+  fab_t                     targeted FAB (Croce & Hein 2020), 100 iterations towards each of
+                            `apgd_target_classes` classes (AutoAttack's FAB-T; optional).
+  autoattack                AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square with
+                            5000 queries, each on the examples still robust; `aad_tf.autoattack`),
+                            its fixed budgets whatever the settings; optional.
   square                    gradient-free Square Attack (Andriushchenko et al. 2020),
                             `square_queries` queries.
   adaptive                  misclassify while keeping Grad-CAM close to the clean map
@@ -45,6 +51,8 @@ from absl import logging
 
 from aad_tf import apgd as apgd_lib
 from aad_tf import attacks as attacks_lib
+from aad_tf import autoattack as autoattack_lib
+from aad_tf import fab as fab_lib
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import square as square_lib
 
@@ -53,7 +61,7 @@ DEFAULT_EPS = {'mnist': 0.3, 'cifar10': 8 / 255, 'imagenet': 16 / 255, 'boxed_mn
 PAPER_GRID = ('clean', 'fgsm', 'pgd10', 'pgd20', 'pgd40', 'pgd100', 'cw10', 'cw20', 'cw40',
               'cw100')
 A3_ATTACKS = ('stepll', 'stepll_a3', 'iter_stepll', 'iter_stepll_a3', 'pgd_a3')
-STRONG_ATTACKS = ('apgd_ce', 'apgd_dlr', 'square', 'adaptive')
+STRONG_ATTACKS = ('apgd_ce', 'apgd_dlr', 'apgd_t', 'square', 'adaptive')
 ALL_ATTACKS = PAPER_GRID + A3_ATTACKS + STRONG_ATTACKS
 WORST_CASE = 'worst_case'
 
@@ -277,6 +285,14 @@ def make_attack(name: str, settings: AttackSettings) -> Attack:
         num_target_classes=s.apgd_target_classes, seed=seed),
                   {'num_steps': s.apgd_num_steps,
                    'num_target_classes': s.apgd_target_classes})
+  if name == 'fab_t':
+    return Attack(name, lambda t, x, y, seed: fab_lib.fab_targeted(
+        t.model_fn, x, y, eps=eps, num_target_classes=s.apgd_target_classes),
+                  {'num_steps': 100, 'num_target_classes': s.apgd_target_classes,
+                   'alpha_max': fab_lib.ALPHA_MAX, 'eta': fab_lib.ETA, 'beta': fab_lib.BETA})
+  if name == 'autoattack':
+    return Attack(name, lambda t, x, y, seed: autoattack_lib.autoattack(
+        t.model_fn, x, y, eps=eps, seed=seed), autoattack_lib.standard_params())
   if name == 'square':
     return Attack(name, lambda t, x, y, seed: square_lib.square_linf(
         t.model_fn, x, y, eps=eps, num_queries=s.square_queries, p_init=s.square_p_init,
@@ -295,7 +311,8 @@ def make_attack(name: str, settings: AttackSettings) -> Attack:
     kind, k, restarts = match.groups()
     return _iterative(name, kind, int(k), int(restarts or 1), s)
   raise ValueError(f'Unknown attack {name!r}; expected one of {", ".join(ALL_ATTACKS)}, '
-                   f'apgd_t, pgd<k>, cw<k>, pgd<k>_r<n>, cw<k>_r<n> or iter_stepll<k>.')
+                   f'fab_t, autoattack, pgd<k>, cw<k>, pgd<k>_r<n>, cw<k>_r<n> or '
+                   f'iter_stepll<k>.')
 
 
 def standard_attacks(names: Sequence[str], *, eps: float, seed: int = 0,

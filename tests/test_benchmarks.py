@@ -1,5 +1,7 @@
-"""Tests for benchmarks/throughput.py: the FLOP count and the --models parser it reports with."""
+"""Tests for benchmarks/: the FLOP count and --models parser of throughput.py, the comparison
+figures of autoattack_vs_art.py."""
 
+import numpy as np
 import pytest
 from absl import app
 
@@ -43,3 +45,14 @@ def test_parse_models_rejects_bad_entries(entry, message):
 def test_reference_rates_are_positive_and_finite():
   assert 0 < throughput.matmul_flops_per_second(sizes=(64,), repeats=1) < float('inf')
   assert 0 < throughput.conv_flops_per_second(repeats=1) < float('inf')
+
+
+def test_autoattack_vs_art_comparison_counts_disagreements():
+  from benchmarks import autoattack_vs_art  # pylint: disable=g-import-not-at-top
+  ours = {'robust': np.array([1, 1, 0, 0, 1], bool), 'robust_accuracy': 0.6, 'wall_s': 10.0,
+          'cpu_s': 5.0}
+  art = {'robust': np.array([1, 0, 1, 0, 0], bool), 'robust_accuracy': 0.4, 'wall_s': 40.0,
+         'cpu_s': 20.0}
+  cmp = autoattack_vs_art.compare(ours, art)
+  assert cmp == {'difference_points': pytest.approx(20.0), 'robust_only_ours': 2,
+                 'robust_only_art': 1, 'speedup_wall': 4.0, 'speedup_cpu': 4.0}

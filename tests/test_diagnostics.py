@@ -80,6 +80,14 @@ def test_gradient_free_threshold(square_only, fired):
   assert check.details['count'] == square_only
 
 
+def test_autoattack_does_not_count_as_a_gradient_attack():
+  # AutoAttack ends with Square, so it breaks what only Square breaks; it must not mask them.
+  report = fake_report(10)
+  report.correct['autoattack'] = report.correct['square'].copy()
+  check = diagnostics.gradient_free_check(report)
+  assert check.fired and check.details['others'] == ['pgd20']
+
+
 def test_min_examples_guards_tiny_test_sets():
   check = diagnostics.gradient_free_check(fake_report(2, n=20))  # 10 %, but only 2 examples
   assert not check.fired

@@ -21,7 +21,7 @@ from aad_tf import training
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISSUE_NAMES = ['clean', 'fgsm', 'pgd10', 'pgd20', 'pgd40', 'pgd100', 'cw10', 'cw20', 'cw40',
                'cw100', 'stepll', 'stepll_a3', 'iter_stepll', 'iter_stepll_a3', 'pgd_a3',
-               'apgd_ce', 'apgd_dlr', 'square', 'adaptive']
+               'apgd_ce', 'apgd_dlr', 'apgd_t', 'square', 'adaptive']
 
 
 def test_the_suite_has_exactly_the_issue_names():

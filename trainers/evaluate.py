@@ -61,7 +61,8 @@ def define_flags() -> None:
                       'Where to write robustness.json/.md (default: the run directory).')
   flags.DEFINE_list('attacks', list(evaluation.ALL_ATTACKS),
                     'Attacks to run, a subset of: ' + ', '.join(evaluation.ALL_ATTACKS) +
-                    ' (also apgd_t, pgd<k>, cw<k>, pgd<k>_r<n>, cw<k>_r<n>, iter_stepll<k>).')
+                    ' (also fab_t, autoattack, pgd<k>, cw<k>, pgd<k>_r<n>, cw<k>_r<n>, '
+                    'iter_stepll<k>).')
   flags.DEFINE_float('eps', None,
                      'L-inf radius in [0, 1] (default: the run\'s --eval_eps, else 0.3 MNIST, '
                      '8/255 CIFAR-10, 16/255 ImageNet).')
@@ -82,7 +83,8 @@ def define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_integer('apgd_num_steps', 100, 'APGD iterations per restart.', lower_bound=1)
   flags.DEFINE_integer('apgd_restarts', 1, 'APGD random restarts.', lower_bound=1)
-  flags.DEFINE_integer('apgd_target_classes', 9, 'Target classes of apgd_t.', lower_bound=1)
+  flags.DEFINE_integer('apgd_target_classes', 9, 'Target classes of apgd_t and fab_t.',
+                       lower_bound=1)
   flags.DEFINE_integer('square_queries', 1000, 'Square Attack query budget per example.',
                        lower_bound=1)
   flags.DEFINE_float('square_p_init', 0.8, 'Square Attack initial fraction of changed pixels.',

@@ -1,0 +1,116 @@
+"""AutoAttack, standard version, L-inf (Croce & Hein, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks", ICML 2020), native TF2.
+
+The ensemble the RobustBench leaderboards report, run as the reference `run_standard_evaluation`
+does: the attacks follow one another, each only on the examples that the clean model and every
+earlier attack still classify correctly, and an example counts as robust only if all four fail:
+
+  1. APGD-CE   untargeted APGD on cross-entropy, 100 iterations, 1 random start;
+  2. APGD-T    targeted DLR loss towards each of the 9 classes ranked highest after the first on
+               the clean input, 100 iterations and 1 random start each;
+  3. FAB-T     targeted FAB towards the same 9 classes, 100 iterations each, started at x,
+               alpha_max 0.1, eta 1.05, beta 0.9 (`aad_tf.fab`);
+  4. Square    5000 queries, p_init 0.8, 1 restart (`aad_tf.square`).
+
+Everything, the subsets included, is one graph: `autoattack` traces once inside a `tf.function`
+and copies nothing to the host between attacks.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import tensorflow as tf
+
+from aad_tf import apgd as apgd_lib
+from aad_tf import attacks as attacks_lib
+from aad_tf import fab as fab_lib
+from aad_tf import square as square_lib
+
+VERSION = 'standard (Croce & Hein 2020), aad-tf native'
+STAGES = ('apgd_ce', 'apgd_t', 'fab_t', 'square')
+NUM_STEPS = 100
+NUM_TARGET_CLASSES = 9
+SQUARE_QUERIES = 5000
+SQUARE_P_INIT = 0.8
+
+
+def standard_params() -> Dict[str, object]:
+  """The hyperparameters of the standard version, as written to robustness.json."""
+  return {'version': VERSION, 'norm': 'Linf', 'attacks': list(STAGES),
+          'apgd_ce': {'num_steps': NUM_STEPS, 'num_restarts': 1},
+          'apgd_t': {'num_steps': NUM_STEPS, 'num_target_classes': NUM_TARGET_CLASSES,
+                     'num_restarts': 1},
+          'fab_t': {'num_steps': NUM_STEPS, 'num_target_classes': NUM_TARGET_CLASSES,
+                    'num_restarts': 1, 'alpha_max': fab_lib.ALPHA_MAX, 'eta': fab_lib.ETA,
+                    'beta': fab_lib.BETA},
+          'square': {'num_queries': SQUARE_QUERIES, 'p_init': SQUARE_P_INIT, 'num_restarts': 1}}
+
+
+def autoattack_stages(model_fn: attacks_lib.ModelFn, x, y, *, eps: float,
+                      seed: Optional[tf.Tensor] = None, num_steps: int = NUM_STEPS,
+                      num_target_classes: int = NUM_TARGET_CLASSES,
+                      square_queries: int = SQUARE_QUERIES
+                      ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+  """AutoAttack with the robustness left after each attack.
+
+  Args:
+    model_fn: x -> logits [B, K], inference mode; K >= num_target_classes + 1 and K >= 4.
+    x: images [B, H, W, C] in [0, 1], static H, W, C.
+    y: int labels [B].
+    eps: L-inf radius in [0, 1].
+    seed: optional stateless seed [2]; attack k draws from fold_in(seed, k).
+    num_steps: APGD and FAB iterations (standard: 100); smaller only for tests.
+    num_target_classes: APGD-T and FAB-T targets (standard: 9).
+    square_queries: Square's budget (standard: 5000).
+
+  Returns:
+    (x_adv [B, H, W, C] (stop_gradient, in the ball and in [0, 1]), robust): robust maps
+    'clean' and each name of `STAGES` to bool [B], correctly classified after that attack.
+  """
+  eps = attacks_lib.check_eps(eps)
+  x = tf.convert_to_tensor(x, tf.float32)
+  y = tf.cast(y, tf.int32)
+  seed = apgd_lib.default_seed(seed)
+
+  def predict(images):
+    return tf.argmax(model_fn(images), axis=-1, output_type=tf.int32)
+
+  attacks = {
+      'apgd_ce': lambda xs, ys, s: apgd_lib.apgd(
+          model_fn, xs, ys, eps=eps, num_steps=num_steps, loss='ce', seed=s),
+      'apgd_t': lambda xs, ys, s: apgd_lib.apgd_targeted(
+          model_fn, xs, ys, eps=eps, num_steps=num_steps,
+          num_target_classes=num_target_classes, seed=s),
+      'fab_t': lambda xs, ys, s: fab_lib.fab_targeted(
+          model_fn, xs, ys, eps=eps, num_steps=num_steps,
+          num_target_classes=num_target_classes),
+      'square': lambda xs, ys, s: square_lib.square_linf(
+          model_fn, xs, ys, eps=eps, num_queries=square_queries, p_init=SQUARE_P_INIT,
+          seed=s),
+  }
+  robust = tf.equal(predict(x), y)
+  by_stage = {'clean': robust}
+  x_adv = x
+  for k, name in enumerate(STAGES):
+    index = tf.where(robust)[:, 0]
+    stage_seed = tf.random.experimental.stateless_fold_in(seed, k)
+
+    def attack(index=index, name=name, stage_seed=stage_seed):
+      xs, ys = tf.gather(x, index), tf.gather(y, index)
+      candidate = attacks[name](xs, ys, stage_seed)
+      return candidate, tf.not_equal(predict(candidate), ys)
+
+    def nothing_left(index=index):
+      return tf.gather(x, index), tf.zeros(tf.shape(index), tf.bool)
+
+    candidate, fooled = tf.cond(tf.size(index) > 0, attack, nothing_left)
+    rows = tf.boolean_mask(index, fooled)[:, None]
+    x_adv = tf.tensor_scatter_nd_update(x_adv, rows, tf.boolean_mask(candidate, fooled))
+    robust = tf.tensor_scatter_nd_update(robust, rows, tf.zeros(tf.shape(rows)[:1], tf.bool))
+    by_stage[name] = robust
+  return tf.stop_gradient(attacks_lib.project(x_adv, x, eps)), by_stage
+
+
+def autoattack(model_fn: attacks_lib.ModelFn, x, y, *, eps: float,
+               seed: Optional[tf.Tensor] = None, **kwargs) -> tf.Tensor:
+  """AutoAttack (standard version): adversarial images [B, H, W, C] (see `autoattack_stages`)."""
+  return autoattack_stages(model_fn, x, y, eps=eps, seed=seed, **kwargs)[0]

@@ -1,0 +1,227 @@
+r"""AutoAttack (standard version, aad-tf native) against ART 1.20's AutoAttack, in one run.
+
+  python -m benchmarks.autoattack_vs_art --model=/tmp/aa_model/export/model.keras \
+      --data_dir=../shared/data --num_examples=500 --output=docs/results/autoattack_vs_art
+
+Both attack the same classifier on the same first --num_examples MNIST test images at the same
+eps, one after the other in this process (ours first), and report the robust accuracy, the
+wall time and the process CPU time (robust to other jobs sharing the machine), and how many
+examples the two call robust differently. Ours is `aad_tf.autoattack.autoattack_stages`, one
+compiled graph (the time includes tracing); it is what `trainers.evaluate --attacks=autoattack`
+runs.
+
+ART's `AutoAttack` is run with the closest configuration ART offers to the standard version:
+ART has neither targeted DLR APGD towards the top-ranked classes nor FAB, so it gets
+  attacks = [APGD-CE (100 iterations, 1 random start, step 2 eps),
+             APGD-DLR (the same), Square (5000 iterations, p_init 0.8, 1 restart)],
+  targeted = True,
+i.e. ART runs the three untargeted, then APGD-CE and APGD-DLR towards each of the K - 1 other
+classes (on MNIST the same 9 classes as APGD-T's top 9; ART's Square is untargeted only), each
+on the examples still robust. This is more attack runs than the standard version (untargeted
+DLR and targeted CE on top), without FAB-T. Needs `pip install -e '.[peers]'`.
+Writes <output>.json and <output>.md.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from aad_tf import autoattack
+from aad_tf import data as data_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The benchmark's flags (a function, so that tests can import this module)."""
+  flags.DEFINE_string('model', None, 'A .keras classifier (logits) of MNIST images.')
+  flags.DEFINE_string('data_dir', None, 'Directory with mnist.npz.')
+  flags.DEFINE_integer('num_examples', 500, 'First test images attacked.', lower_bound=1)
+  flags.DEFINE_float('eps', 0.3, 'L-inf radius.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer('seed', 0, 'Seed of both attacks.', lower_bound=0)
+  flags.DEFINE_integer('num_steps', autoattack.NUM_STEPS,
+                       'APGD / FAB iterations of both (standard: 100; smaller only to smoke-test).',
+                       lower_bound=1)
+  flags.DEFINE_integer('square_queries', autoattack.SQUARE_QUERIES,
+                       'Square budget of both (standard: 5000).', lower_bound=1)
+  flags.DEFINE_bool('art', True, 'Also run ART (else only ours, e.g. without the peers extra).')
+  flags.DEFINE_string('output', None, 'Output path without extension (.json and .md written).')
+
+
+def run_ours(classifier, x, y, *, eps, seed, num_steps, square_queries):
+  """Our AutoAttack on all of x in one compiled call; accuracies per stage and timing."""
+  model_fn = lambda images: classifier(images, training=False)
+
+  @tf.function(input_signature=(tf.TensorSpec([None, *x.shape[1:]], tf.float32),
+                                tf.TensorSpec([None], tf.int32)))
+  def attack(images, labels):
+    x_adv, robust = autoattack.autoattack_stages(
+        model_fn, images, labels, eps=eps, seed=tf.constant([seed, 0]), num_steps=num_steps,
+        square_queries=square_queries)
+    correct = tf.equal(tf.argmax(model_fn(x_adv), -1, output_type=tf.int32), labels)
+    return x_adv, robust, correct
+
+  wall, cpu = time.time(), time.process_time()
+  x_adv, robust, correct = attack(tf.constant(x), tf.constant(y))
+  correct = correct.numpy()
+  wall, cpu = time.time() - wall, time.process_time() - cpu
+  x_adv = x_adv.numpy()
+  return {'robust_accuracy': float(correct.mean()),
+          'accuracy_after': {name: float(v.numpy().mean()) for name, v in robust.items()},
+          'wall_s': wall, 'cpu_s': cpu,
+          'max_linf': float(np.abs(x_adv - x).max()),
+          'in_range': bool(x_adv.min() >= 0.0 and x_adv.max() <= 1.0),
+          'robust': correct, 'params': autoattack.standard_params()}
+
+
+def run_art(classifier, x, y, *, eps, seed, num_steps, square_queries):
+  """ART 1.20's AutoAttack (configuration in the module docstring); accuracy and timing."""
+  import art  # pylint: disable=g-import-not-at-top
+  from art.attacks.evasion import AutoAttack  # pylint: disable=g-import-not-at-top
+  from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack  # pylint: disable=g-import-not-at-top
+  from art.estimators.classification import TensorFlowV2Classifier  # pylint: disable=g-import-not-at-top
+
+  np.random.seed(seed)
+  batch = len(x)
+  estimator = TensorFlowV2Classifier(
+      model=classifier, nb_classes=int(classifier.output_shape[-1]), input_shape=x.shape[1:],
+      loss_object=keras.losses.CategoricalCrossentropy(from_logits=True), clip_values=(0.0, 1.0))
+  apgd = lambda loss: AutoProjectedGradientDescent(
+      estimator, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=num_steps, targeted=False,
+      nb_random_init=1, batch_size=batch, loss_type=loss, verbose=False)
+  attacks = [apgd('cross_entropy'), apgd('difference_logits_ratio'),
+             SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=square_queries, p_init=0.8,
+                          nb_restarts=1, batch_size=batch, verbose=False)]
+  attack = AutoAttack(estimator, norm=np.inf, eps=eps, eps_step=2 * eps, attacks=attacks,
+                      batch_size=batch, targeted=True)
+  wall, cpu = time.time(), time.process_time()
+  x_adv = attack.generate(x.copy(), y)
+  wall, cpu = time.time() - wall, time.process_time() - cpu
+  correct = np.argmax(estimator.predict(x_adv, batch_size=batch), -1) == y
+  return {'robust_accuracy': float(correct.mean()), 'wall_s': wall, 'cpu_s': cpu,
+          'max_linf': float(np.abs(x_adv - x).max()),
+          'in_range': bool(x_adv.min() >= 0.0 and x_adv.max() <= 1.0),
+          'robust': correct, 'version': art.__version__,
+          'config': {'attacks': ['apgd_ce', 'apgd_dlr', 'square'], 'targeted': True,
+                     'num_steps': num_steps, 'nb_random_init': 1, 'eps_step': 2 * eps,
+                     'square_queries': square_queries, 'square_p_init': 0.8}}
+
+
+def compare(ours, theirs):
+  """Agreement figures of two results with 'robust' bool [N] arrays."""
+  a, b = ours['robust'], theirs['robust']
+  return {'difference_points': 100.0 * (ours['robust_accuracy'] - theirs['robust_accuracy']),
+          'robust_only_ours': int(np.sum(a & ~b)), 'robust_only_art': int(np.sum(~a & b)),
+          'speedup_wall': theirs['wall_s'] / ours['wall_s'],
+          'speedup_cpu': theirs['cpu_s'] / ours['cpu_s']}
+
+
+def to_markdown(result) -> str:
+  ours, theirs, cmp = result['ours'], result.get('art'), result.get('comparison')
+  lines = [f"# AutoAttack: aad-tf native vs ART {theirs['version'] if theirs else ''}", '',
+           f"{result['num_examples']} MNIST test images, eps {result['eps']}, model "
+           f"`{result['model']}`, seed {result['seed']}.", '',
+           f"Command: `{result['command']}`", '',
+           '| | robust accuracy (%) | wall (s) | CPU (s) | max L-inf |', '|---|---|---|---|---|',
+           f"| aad-tf (standard: APGD-CE, APGD-T, FAB-T, Square) | "
+           f"{100 * ours['robust_accuracy']:.1f} | {ours['wall_s']:.0f} | {ours['cpu_s']:.0f} | "
+           f"{ours['max_linf']:.4f} |"]
+  if theirs:
+    lines.append(f"| ART AutoAttack (APGD-CE, APGD-DLR, Square; targeted x{9}) | "
+                 f"{100 * theirs['robust_accuracy']:.1f} | {theirs['wall_s']:.0f} | "
+                 f"{theirs['cpu_s']:.0f} | {theirs['max_linf']:.4f} |")
+  lines += ['', 'Accuracy (%) after each of our stages: ' + ', '.join(
+      f"{name} {100 * ours['accuracy_after'][name]:.1f}" for name in ('clean', *autoattack.STAGES))]
+  if cmp:
+    lines += ['', f"Difference {cmp['difference_points']:+.1f} points (ours - ART); robust only "
+              f"for ours: {cmp['robust_only_ours']}, only for ART: {cmp['robust_only_art']}. "
+              f"ART / ours: {cmp['speedup_wall']:.2f}x wall time, {cmp['speedup_cpu']:.2f}x "
+              f"CPU time."]
+  lines += ['', NOTES]
+  return '\n'.join(lines) + '\n'
+
+
+NOTES = '''## What is compared
+
+- **aad-tf**: `aad_tf.autoattack`, the standard version as the reference `run_standard_evaluation`
+  runs it: APGD-CE (100 iterations, 1 random start), APGD-T (targeted DLR towards the 9 classes
+  ranked highest after the first on the clean input, 100 iterations each), FAB-T (the same 9
+  targets, 100 iterations each, alpha_max 0.1, eta 1.05, beta 0.9), Square (5000 queries,
+  p_init 0.8), each only on the examples still robust; one compiled graph, the time includes
+  tracing. `trainers.evaluate --attacks=autoattack` runs the same function.
+- **ART 1.20**: `art.attacks.evasion.AutoAttack` with the closest configuration ART has. ART has
+  neither APGD-T's targeted DLR loss nor FAB (its default list uses DeepFool and 5 restarts
+  of everything), so it runs `attacks=[APGD-CE, APGD-DLR, Square]` (100 iterations, 1 random
+  start, step 2 eps; Square 5000 iterations, p_init 0.8, 1 restart) with `targeted=True`: the
+  three untargeted, then APGD-CE and APGD-DLR towards each of the 9 other classes (ART's Square
+  cannot be targeted and is skipped there with a warning), each on the examples still robust.
+  That is more attack runs than the standard version, without FAB-T.
+- Both in this one process, ours first, 1 intra-op and 1 inter-op thread each; wall times are
+  those of a shared 2-core machine, CPU times (process time) are the fairer ratio there.
+- ART's `AutoAttack.generate` imports `multiprocess`, which ART does not declare: the `[peers]`
+  extra installs it.'''
+
+
+def main(argv):
+  del argv
+  if not FLAGS.model:
+    raise app.UsageError('--model is required.')
+  keras.utils.set_random_seed(FLAGS.seed)
+  classifier = keras.models.load_model(FLAGS.model, safe_mode=True, compile=False)
+  arrays = data_lib.load_arrays('mnist', data_dir=FLAGS.data_dir)
+  x = arrays.x_test[:FLAGS.num_examples].astype(np.float32)
+  y = arrays.y_test[:FLAGS.num_examples].astype(np.int32)
+  budgets = dict(eps=FLAGS.eps, seed=FLAGS.seed, num_steps=FLAGS.num_steps,
+                 square_queries=FLAGS.square_queries)
+  result = {'model': FLAGS.model, 'num_examples': len(x), 'eps': FLAGS.eps, 'seed': FLAGS.seed,
+            'command': ' '.join(['python -m benchmarks.autoattack_vs_art'] + sys.argv[1:]),
+            'clean_accuracy': float(np.mean(np.argmax(classifier.predict(x, verbose=0), -1)
+                                            == y)),
+            'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
+                         'keras': keras.__version__, 'numpy': np.__version__},
+            'threads': {'intra_op': tf.config.threading.get_intra_op_parallelism_threads(),
+                        'inter_op': tf.config.threading.get_inter_op_parallelism_threads()},
+            'load_average_start': list(os.getloadavg())}
+  ours = run_ours(classifier, x, y, **budgets)
+  result['ours'] = ours
+  logging.info('ours: robust accuracy %.4f in %.1f s wall, %.1f s CPU.', ours['robust_accuracy'],
+               ours['wall_s'], ours['cpu_s'])
+  write(result)
+  if FLAGS.art:
+    theirs = run_art(classifier, x, y, **budgets)
+    result['art'] = theirs
+    result['comparison'] = compare(ours, theirs)
+    logging.info('ART %s: robust accuracy %.4f in %.1f s wall, %.1f s CPU.', theirs['version'],
+                 theirs['robust_accuracy'], theirs['wall_s'], theirs['cpu_s'])
+  result['load_average_end'] = list(os.getloadavg())
+  write(result)
+  print(to_markdown(result))
+
+
+def write(result):
+  if not FLAGS.output:
+    return
+  serialisable = json.loads(json.dumps(result, default=lambda v: v.tolist()
+                                       if isinstance(v, np.ndarray) else str(v)))
+  for part in ('ours', 'art'):
+    if part in serialisable:
+      serialisable[part]['robust'] = ''.join('1' if r else '0' for r in result[part]['robust'])
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  with open(FLAGS.output + '.json', 'w') as f:
+    json.dump(serialisable, f, indent=2, sort_keys=True)
+  with open(FLAGS.output + '.md', 'w') as f:
+    f.write(to_markdown(result))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
