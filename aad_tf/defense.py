@@ -318,39 +318,33 @@ class AADModel(keras.Model):
   def loss_terms(self, x, y, x_adv) -> 'LossTerms':
     """Every term of the objective on one replica's batch, per example; call under a tape."""
     cfg = self.config
+    training_mode = cfg.attention_mode == 'training'
     clean_logits = adv_logits = None
-    if cfg.aad and cfg.attention_mode == 'training':
-      # The earlier step: training-mode Grad-CAM passes whose logits the base loss reuses.
-      attention_features = self.features.fn(training=True)
-      cam, clean_logits = gradcam_lib.gradcam(attention_features, x, y,
-                                              normalize=cfg.gradcam_normalize)
-      adv_cam, adv_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
-                                                normalize=cfg.gradcam_normalize)
-      attention_logits = (clean_logits, adv_logits)
-    else:
+    if not (cfg.aad and training_mode):
       clean_logits, adv_logits = self.training_logits(x, x_adv)
-      if cfg.aad:
-        attention_features = self.features.fn(training=False)
-        # Inference-mode Grad-CAM; its inner tape is recorded by the caller's tape (second order).
-        cam, clean_attention_logits = gradcam_lib.gradcam(attention_features, x, y,
+    if cfg.aad:
+      # Grad-CAM's inner tape is recorded by the caller's tape (second order).
+      attention_features = self.features.fn(training=training_mode)
+      cam, clean_attention_logits = gradcam_lib.gradcam(attention_features, x, y,
+                                                        normalize=cfg.gradcam_normalize)
+      adv_cam, adv_attention_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
                                                           normalize=cfg.gradcam_normalize)
-        adv_cam, adv_attention_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
-                                                            normalize=cfg.gradcam_normalize)
-        attention_logits = (clean_attention_logits, adv_attention_logits)
+      attention_logits = (clean_attention_logits, adv_attention_logits)
+      if training_mode:  # The earlier step: the base loss reuses the attention passes' logits.
+        clean_logits, adv_logits = attention_logits
     base, parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
     terms = LossTerms(base=base, parts=dict(parts), clean_logits=clean_logits,
                       adv_logits=adv_logits)
     if cfg.aad:
-      masked_mode = cfg.attention_mode == 'training'
       area = gradcam_lib.attention_area(cam, kappa=cfg.kappa)
       adv_area = gradcam_lib.attention_area(adv_cam, kappa=cfg.kappa)
       masked = gradcam_lib.mask_attention(x, cam, area=area)
       adv_masked = gradcam_lib.mask_attention(x_adv, adv_cam, area=adv_area)
       terms.rect = (
           losses.rectification(attention_logits[0],
-                               self.classifier(masked, training=masked_mode)) +
+                               self.classifier(masked, training=training_mode)) +
           losses.rectification(attention_logits[1],
-                               self.classifier(adv_masked, training=masked_mode)))
+                               self.classifier(adv_masked, training=training_mode)))
       terms.pres = losses.preservation(cam, adv_cam)
       terms.cam, terms.adv_cam, terms.area, terms.adv_area = cam, adv_cam, area, adv_area
     return terms

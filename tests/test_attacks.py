@@ -127,6 +127,10 @@ def test_a3_with_sigma_zero_is_its_base_attack_and_sigma_changes_it(base, traine
     plain = attacks.iter_stepll(model_fn, x, y, eps=EPS, step_size=EPS / 4, num_steps=5).numpy()
   np.testing.assert_allclose(run(0.0), plain, atol=1e-6)
   assert np.mean(np.abs(run(10.0) - plain) > 1e-3) > 0.01
+  if base == 'pgd':  # the scaling reaches the attention term
+    raw = attacks.a3(features, x, y, base=base, eps=EPS, step_size=EPS / 4, num_steps=5,
+                     sigma=10.0, normalize='none').numpy()
+    assert np.mean(np.abs(run(10.0) - raw) > 1e-3) > 0.01
 
 
 def test_attention_distance_matches_numpy(trained_lenet):

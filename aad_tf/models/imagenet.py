@@ -70,6 +70,14 @@ def _load_weights(model: keras.Model, path: str, what: str) -> None:
     raise ValueError(f'Cannot load {path!r} into the {what}: {e}') from e
 
 
+def _check_resnet50_arguments(input_shape, pretrained_weights: Optional[str]) -> Optional[str]:
+  """Checks a ResNet50's input shape and weights file; returns the file's path (or None)."""
+  path = _check_weights_file(pretrained_weights)
+  if len(input_shape) != 3 or input_shape[-1] != 3 or min(input_shape[:2]) < 32:
+    raise ValueError(f'ResNet50 needs RGB inputs of at least 32x32, got {input_shape}.')
+  return path
+
+
 @models.register_model(
     'resnet50', gradcam_layer=RESNET50_GRADCAM_LAYER,
     description='ResNet50 v1 (keras-cv backbone); Grad-CAM on the last block (7x7x2048 at 224).')
@@ -84,9 +92,7 @@ def build_resnet50(input_shape, num_classes, *,
   """
   import keras_cv  # pylint: disable=g-import-not-at-top
 
-  path = _check_weights_file(pretrained_weights)
-  if len(input_shape) != 3 or input_shape[-1] != 3 or min(input_shape[:2]) < 32:
-    raise ValueError(f'ResNet50 needs RGB inputs of at least 32x32, got {input_shape}.')
+  path = _check_resnet50_arguments(input_shape, pretrained_weights)
   backbone = keras_cv.models.ResNetBackbone(**RESNET50_CONFIG, include_rescaling=False,
                                             input_shape=tuple(input_shape), name='resnet50_backbone')
   if path is not None:
@@ -106,9 +112,7 @@ def build_resnet50_keras_applications(input_shape, num_classes, *,
     num_classes: number of output logits.
     pretrained_weights: local weights file of the backbone (see the module docstring).
   """
-  path = _check_weights_file(pretrained_weights)
-  if len(input_shape) != 3 or input_shape[-1] != 3 or min(input_shape[:2]) < 32:
-    raise ValueError(f'ResNet50 needs RGB inputs of at least 32x32, got {input_shape}.')
+  path = _check_resnet50_arguments(input_shape, pretrained_weights)
   backbone = keras.applications.ResNet50(include_top=False, weights=None,
                                          input_shape=tuple(input_shape), pooling=None)
   if path is not None:
