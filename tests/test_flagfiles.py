@@ -270,9 +270,9 @@ def test_quickstart_trains_at_the_full_eps_it_is_evaluated_at(tmp_path, monkeypa
 def test_screen_variant_differs_from_the_paper_row_only_in_aad_scaling_and_weights(
     tmp_path, monkeypatch):
   paper = parse('mnist_madry_aad', tmp_path, monkeypatch)
-  variant = parse('mnist_madry_aad_max', tmp_path, monkeypatch)
+  variant = parse('mnist_madry_aad_screen_best', tmp_path, monkeypatch)
   assert (variant.defense.gradcam_normalize, variant.defense.alpha, variant.defense.beta) == (
-      'max', 0.1, 0.1)
+      'rms_softmax', 0.0, 1.0)
   assert (paper.defense.gradcam_normalize, paper.defense.attention_mode) == ('none', 'inference')
   same = dataclasses.replace(variant.defense, gradcam_normalize='none', alpha=0.01, beta=0.01)
   assert dataclasses.replace(variant, defense=same) == paper
