@@ -41,6 +41,11 @@ def bn_classifier(seed=0):
   return keras.Model(inputs, keras.layers.Dense(3, name='head')(h))
 
 
+def perturbed(x, size, seed):
+  """x moved by +-size per pixel (a fixed random sign pattern), clipped to [0, 1]."""
+  return tf.clip_by_value(x + size * tf.sign(tf.random.stateless_normal(x.shape, seed)), 0, 1)
+
+
 @pytest.fixture(scope='module')
 def batch(mnist_arrays):
   return (tf.constant(mnist_arrays.x_train[:16]), tf.constant(mnist_arrays.y_train[:16]))
@@ -62,7 +67,7 @@ def test_preservation_of_an_image_with_itself_is_zero_only_without_dropout_noise
 def test_attention_terms_reach_every_weight_in_inference_mode(batch):
   model = lenet_model(alpha=1.0, beta=1.0)
   x, y = batch
-  x_adv = tf.clip_by_value(x + 0.2 * tf.sign(tf.random.stateless_normal(x.shape, [1, 2])), 0, 1)
+  x_adv = perturbed(x, 0.2, [1, 2])
   variables = model.trainable_variables
   with tf.GradientTape(persistent=True) as tape:
     terms = model.loss_terms(x, y, x_adv)
@@ -123,7 +128,7 @@ def test_empty_maps_give_empty_attention_areas_and_unmasked_images():
 def test_adversarial_mask_comes_from_the_adversarial_map(batch):
   model = lenet_model()
   x, y = batch
-  x_adv = tf.clip_by_value(x + 0.3 * tf.sign(tf.random.stateless_normal(x.shape, [7, 8])), 0, 1)
+  x_adv = perturbed(x, 0.3, [7, 8])
   terms = model.loss_terms(x, y, x_adv)
   features = model.features.fn(training=False)
   adv_area = gradcam.attention_area(gradcam.gradcam(features, x_adv, y)[0])
@@ -136,7 +141,7 @@ def test_adversarial_mask_comes_from_the_adversarial_map(batch):
 def test_rectification_masks_each_image_by_its_own_map_in_inference_passes(batch):
   model = lenet_model()
   x, y = batch
-  x_adv = tf.clip_by_value(x + 0.3 * tf.sign(tf.random.stateless_normal(x.shape, [7, 8])), 0, 1)
+  x_adv = perturbed(x, 0.3, [7, 8])
   terms = model.loss_terms(x, y, x_adv)
   features = model.features.fn(training=False)
   expected = 0.0
