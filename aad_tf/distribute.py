@@ -320,6 +320,16 @@ def resolve_jit_compile(requested: Optional[bool], strategy: tf.distribute.Strat
 
 
 def enable_determinism(seed: int) -> None:
-  """Seeds Python, NumPy, TF and Keras, and makes TF ops deterministic (process-wide)."""
+  """Seeds Python, NumPy, TF and Keras, and makes TF ops deterministic (process-wide).
+
+  Op determinism alone does not make an AAD step repeatable: with both AAD terms on (alpha, beta >
+  0; second-order Grad-CAM gradients) the compiled step gave different weights in 2 of 5 repeats
+  from identical weights and data (TF 2.21, CPU, one thread), and eager execution and either term
+  alone did not. Grappler's dependency optimizer is the pass that makes the difference: with it off
+  6 of 6 repeats were bit-identical, with the whole meta-optimizer off 7 of 7, with each of six
+  other passes off still not (tools/README.md, "Determinism"). It is switched off here, which costs
+  little (it prunes control dependencies and identity nodes).
+  """
   keras.utils.set_random_seed(seed)
   tf.config.experimental.enable_op_determinism()
+  tf.config.optimizer.set_experimental_options({'dependency_optimization': False})

@@ -174,3 +174,16 @@ def test_main_trains_exports_and_evaluates_on_two_devices(tmp_path, shared_data_
                'export/model.keras', 'eval.json'):
     assert (model_dir / path).exists(), path
   assert json.loads((model_dir / 'eval.json').read_text())['num_examples'] == 16
+
+
+
+def test_enable_determinism_turns_off_grappler_dependency_optimizer(monkeypatch):
+  # Op determinism alone left compiled AAD steps non-repeatable (tools/README.md, Determinism).
+  # Op determinism is process-wide and cannot be undone, so it is not switched on here.
+  monkeypatch.setattr(tf.config.experimental, 'enable_op_determinism', lambda: None)
+  before = tf.config.optimizer.get_experimental_options().get('dependency_optimization', True)
+  try:
+    distribute.enable_determinism(0)
+    assert tf.config.optimizer.get_experimental_options()['dependency_optimization'] is False
+  finally:
+    tf.config.optimizer.set_experimental_options({'dependency_optimization': before})
