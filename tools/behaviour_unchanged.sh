@@ -5,18 +5,24 @@
 # weights bit for bit and eval.json without timings. Exit 0: identical; 1: a difference (printed).
 #
 #   tools/behaviour_unchanged.sh [OLD_COMMIT] [RUNS]   # e.g. tools/behaviour_unchanged.sh fc5f237
+#
+# OLD_JSON=<old.json of an earlier call on this machine> skips training the old side again.
 set -euo pipefail
 OLD=${1:-fc5f237}
 RUNS=${2:-mnist_madry_aad,mnist_trades,cifar10_alp_aad}
 DATA=${DATA:-$(cd "$(dirname "$0")/../../shared/data" 2>/dev/null && pwd || echo ../shared/data)}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/behaviour_unchanged.XXXXXX)
-git -C "$ROOT" worktree add --detach "$WORK/old" "$OLD" >/dev/null
-trap 'git -C "$ROOT" worktree remove --force "$WORK/old"' EXIT
 export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
 # The script itself comes from the working tree, so both sides are fingerprinted the same way.
-python "$ROOT/tools/run_fingerprint.py" --source="$WORK/old" --work="$WORK/runs_old" \
-  --out="$WORK/old.json" --data_dir="$DATA" --runs="$RUNS"
+if [ -n "${OLD_JSON:-}" ]; then
+  cp "$OLD_JSON" "$WORK/old.json"
+else
+  git -C "$ROOT" worktree add --detach "$WORK/old" "$OLD" >/dev/null
+  trap 'git -C "$ROOT" worktree remove --force "$WORK/old"' EXIT
+  python "$ROOT/tools/run_fingerprint.py" --source="$WORK/old" --work="$WORK/runs_old" \
+    --out="$WORK/old.json" --data_dir="$DATA" --runs="$RUNS"
+fi
 python "$ROOT/tools/run_fingerprint.py" --source="$ROOT" --work="$WORK/runs_new" \
   --out="$WORK/new.json" --data_dir="$DATA" --runs="$RUNS"
 python - "$WORK/old.json" "$WORK/new.json" <<'PY'
