@@ -325,11 +325,13 @@ def enable_determinism(seed: int) -> None:
   Op determinism alone does not make an AAD step repeatable: with both AAD terms on (alpha, beta >
   0; second-order Grad-CAM gradients) the compiled step gave different weights in 2 of 5 repeats
   from identical weights and data (TF 2.21, CPU, one thread), and eager execution and either term
-  alone did not. Grappler's dependency optimizer is the pass that makes the difference: with it off
-  6 of 6 repeats were bit-identical, with the whole meta-optimizer off 7 of 7, with each of six
-  other passes off still not (tools/README.md, "Determinism"). It is switched off here, which costs
-  little (it prunes control dependencies and identity nodes).
+  alone did not. In one process, switching Grappler's dependency optimizer off was enough (6 of 6
+  repeats identical), but across processes on a loaded machine the first training step of the same
+  run still differed between 2 of 4 processes; with the whole Grappler meta-optimizer off, 7 of 7
+  repeats in one process and 4 of 4 processes were bit-identical (tools/README.md,
+  "Determinism"). So `--deterministic` runs graphs as traced, unoptimised by Grappler: slower
+  per step, which a reproducibility check can afford.
   """
   keras.utils.set_random_seed(seed)
   tf.config.experimental.enable_op_determinism()
-  tf.config.optimizer.set_experimental_options({'dependency_optimization': False})
+  tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})

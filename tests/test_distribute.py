@@ -177,13 +177,13 @@ def test_main_trains_exports_and_evaluates_on_two_devices(tmp_path, shared_data_
 
 
 
-def test_enable_determinism_turns_off_grappler_dependency_optimizer(monkeypatch):
+def test_enable_determinism_turns_off_grappler(monkeypatch):
   # Op determinism alone left compiled AAD steps non-repeatable (tools/README.md, Determinism).
   # Op determinism is process-wide and cannot be undone, so it is not switched on here.
   monkeypatch.setattr(tf.config.experimental, 'enable_op_determinism', lambda: None)
-  before = tf.config.optimizer.get_experimental_options().get('dependency_optimization', True)
+  before = tf.config.optimizer.get_experimental_options().get('disable_meta_optimizer', False)
   try:
     distribute.enable_determinism(0)
-    assert tf.config.optimizer.get_experimental_options()['dependency_optimization'] is False
+    assert tf.config.optimizer.get_experimental_options()['disable_meta_optimizer'] is True
   finally:
-    tf.config.optimizer.set_experimental_options({'dependency_optimization': before})
+    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': before})
