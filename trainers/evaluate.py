@@ -34,6 +34,7 @@ from absl import logging
 from aad_tf import data as data_lib
 from aad_tf import diagnostics as diagnostics_lib
 from aad_tf import evaluation
+from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf import runs
@@ -205,7 +206,7 @@ def main(argv):
                          f'{source.dataset}.')
   eps = FLAGS.eps
   if eps is None:
-    eps = source.eps if source.eps is not None else evaluation.DEFAULT_EPS[source.dataset]
+    eps = source.eps if source.eps is not None else data_lib.get_info(source.dataset).eval_eps
   seed = FLAGS.seed if (FLAGS['seed'].present or source.seed is None) else source.seed
   gradcam_normalize = FLAGS.gradcam_normalize or source.gradcam_normalize or 'none'
   try:
@@ -257,7 +258,7 @@ def main(argv):
                  'adaptive_num_steps', 'adaptive_weight', 'diagnostic_examples', 'sweep_steps',
                  'curve_steps', 'batch_size')}},
              **report.to_json()}
-  training.write_json(os.path.join(output_dir, 'robustness.json'), payload)
+  files.write_json(os.path.join(output_dir, 'robustness.json'), payload)
   header = (f'# Robustness of {row_name}\n\n{source.dataset}, eps {eps:.4f}, '
             f'{report.num_examples} test examples, seed {seed}, {wall_time:.0f} s.\n'
             f'Accuracy (%) per attack; worst_case = correct under every attack.\n\n')

@@ -23,7 +23,7 @@ of an image is the union of its boxes.
 
 import dataclasses
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Sequence
 from xml.etree import ElementTree
 
 import numpy as np
@@ -43,10 +43,10 @@ class Annotation:
   image_path: str
   label: int
   boxes: np.ndarray
-  size: Tuple[int, int]
+  size: tuple[int, int]
 
 
-def read_synsets(path: str) -> List[str]:
+def read_synsets(path: str) -> list[str]:
   """The WordNet ids of classes 0..N-1: the first word of each non-empty line."""
   with open(path) as f:
     wnids = [line.split()[0] for line in f if line.strip()]
@@ -101,9 +101,9 @@ def parse_annotation(xml_path: str, images_dir: str, class_index: dict) -> Annot
                     np.array(boxes, np.float64), (height, width))
 
 
-def read_annotations(imagenet_dir: str, *, num_examples: Optional[int] = None,
-                     images_dir: Optional[str] = None, boxes_dir: Optional[str] = None,
-                     synsets_file: Optional[str] = None) -> List[Annotation]:
+def read_annotations(imagenet_dir: str, *, num_examples: int | None = None,
+                     images_dir: str | None = None, boxes_dir: str | None = None,
+                     synsets_file: str | None = None) -> list[Annotation]:
   """The annotations of the first `num_examples` validation images (sorted by file name).
 
   Args:
@@ -134,8 +134,8 @@ def read_annotations(imagenet_dir: str, *, num_examples: Optional[int] = None,
   return annotations
 
 
-def batches(annotations: Sequence[Annotation], *, image_size: Tuple[int, int], batch_size: int
-            ) -> Iterator[Tuple[np.ndarray, np.ndarray, List[np.ndarray]]]:
+def batches(annotations: Sequence[Annotation], *, image_size: tuple[int, int], batch_size: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
   """Yields (x float32 [B, H, W, 3] in [0, 1], y int32 [B], B boxes [K, 4] in input pixels)."""
   height, width = (int(v) for v in image_size)
   paths = [a.image_path for a in annotations]
