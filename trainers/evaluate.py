@@ -14,8 +14,8 @@ attacks and `adaptive`) are skipped and listed as such.
 
 Writes robustness.json and robustness.md into --output_dir (default: the run directory, or the
 directory holding the SavedModel) and prints the Markdown tables. Attack names: see
-aad_tf/evaluation.py; the default runs the whole suite. Gradient-masking diagnostics
-(aad_tf/diagnostics.py) run after the attacks unless --nodiagnostics.
+aad_tf/evaluation/; the default runs the whole suite. Gradient-masking diagnostics
+(aad_tf/evaluation/diagnostics.py) run after the attacks unless --nodiagnostics.
 """
 
 import os
@@ -32,13 +32,12 @@ from absl import flags
 from absl import logging
 
 from aad_tf import data as data_lib
-from aad_tf import diagnostics as diagnostics_lib
+from aad_tf.evaluation import diagnostics as diagnostics_lib
 from aad_tf import evaluation
 from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf import runs
-from aad_tf import training
 from trainers import common_flags
 from trainers import flagfiles
 

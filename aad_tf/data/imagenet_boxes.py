@@ -116,11 +116,11 @@ def read_annotations(imagenet_dir: str, *, num_examples: int | None = None,
   synsets_file = synsets_file or os.path.join(imagenet_dir, 'synsets.txt')
   for path, what in ((images_dir, 'the validation JPEGs'), (boxes_dir, 'the box XML files')):
     if not os.path.isdir(path):
-      raise FileNotFoundError(f'{path} (for {what}) not found; see aad_tf/imagenet_boxes.py for '
+      raise FileNotFoundError(f'{path} (for {what}) not found; see aad_tf/data/imagenet_boxes.py for '
                               'the expected layout.')
   if not os.path.isfile(synsets_file):
     raise FileNotFoundError(f'{synsets_file} (class i = line i) not found; see '
-                            'aad_tf/imagenet_boxes.py.')
+                            'aad_tf/data/imagenet_boxes.py.')
   class_index = {wnid: i for i, wnid in enumerate(read_synsets(synsets_file))}
   files = sorted(f for f in os.listdir(boxes_dir) if f.endswith('.xml'))
   if not files:
