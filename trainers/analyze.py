@@ -11,7 +11,7 @@ r"""The paper's Sec. 3 attention data analysis of a trained model on images with
 Keeps the correctly classified images (I_att), attacks each with StepLL at --eps, splits them into
 I_succeed / I_fail and writes to --output_dir: analysis.json (every table, per model),
 analysis.md (the tables in the paper's layout), records.npz (per-example values) and figures
-(fig1_gradcam.png, fig2_rounds.png, fig3_lime.png, fig_compare.png). See aad_tf/analysis.py for
+(fig1_gradcam.png, fig2_rounds.png, fig3_lime.png, fig_compare.png). See aad_tf/analysis/ for
 the definitions (grids, IoU, kappa) and aad_tf/data/imagenet_boxes.py for the ImageNet file layout.
 
 A --model_dir is a run of trainers.main on images with boxes (boxed_mnist): its config.json names
@@ -35,7 +35,6 @@ import numpy as np
 import tensorflow as tf
 
 from aad_tf import analysis
-from aad_tf import analysis_figures
 from aad_tf import data as data_lib
 from aad_tf.data import boxed_mnist
 from aad_tf.data import imagenet_boxes
@@ -246,26 +245,26 @@ def write_figures(result, analyzed, output_dir, class_names):
   primary = analyzed[0]
   examples = result.examples
   if examples['flipped'] or examples['held']:
-    fig = analysis_figures.attention_figure(examples, primary.name, class_names=class_names)
-    written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig1_gradcam.png')))
+    fig = analysis.figures.attention_figure(examples, primary.name, class_names=class_names)
+    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig1_gradcam.png')))
     chosen = examples['flipped'][:2] + examples['held'][:1]
     images = np.stack([e['x'] for e in chosen])
     labels = np.array([e['label'] for e in chosen])
     rounds = analysis.attack_rounds(primary, images, labels, eps=result.config.eps,
                                     num_rounds=FLAGS.attack_rounds)
-    fig = analysis_figures.rounds_figure(
+    fig = analysis.figures.rounds_figure(
         images, [e['boxes'] for e in chosen], labels, rounds, class_names=class_names,
         title=f'{primary.name}: Grad-CAM over Iter-StepLL rounds (eps {result.config.eps:.3g})')
-    written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig2_rounds.png')))
+    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig2_rounds.png')))
     if len(analyzed) > 1:
-      fig = analysis_figures.comparison_figure(examples, [m.name for m in analyzed],
+      fig = analysis.figures.comparison_figure(examples, [m.name for m in analyzed],
                                                class_names=class_names)
-      written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig_compare.png')))
+      written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig_compare.png')))
   lime = result.lime_examples
   if lime['flipped'] or lime['held']:
-    fig = analysis_figures.lime_figure(lime, result.config.lime_features[0],
+    fig = analysis.figures.lime_figure(lime, result.config.lime_features[0],
                                        class_names=class_names)
-    written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig3_lime.png')))
+    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig3_lime.png')))
   return [os.path.basename(path) for path in written]
 
 

@@ -1,50 +1,9 @@
-"""The paper's Sec. 3 attention data analysis on images with ground-truth boxes (Tables 1-5).
+"""The analysis loop: StepLL on I_att, per-example records, Tables 1-5 (see aad_tf/analysis)."""
 
-For a classifier f with a Grad-CAM layer, and images x with label l and ground-truth boxes:
-
-1. I_att: the correctly classified images. Each is attacked with StepLL (paper Eq. 4) at `eps`
-   and falls in I_succeed (the prediction changes) or I_fail (it holds).
-2. Table 1: the share of each subset and its mean IoU(Att(x), GT(x)) (Eq. 5). Att(x) = g(x) >=
-   kappa with kappa per `kappa_mode`: 'equal_area' (the paper's Sec. 3.1: the image-specific kappa
-   that makes Att and GT equally large, i.e. the top-|GT| cells), 'mean' (the per-image mean of
-   g(x), the paper's default elsewhere) or 'fixed' (a fixed kappa on g(x) scaled by its maximum).
-3. Table 2: among the images with IoU < 0.5, the share in each subset and the mean confidence
-   (softmax probability of l on the clean image).
-4. Table 3: the mean IoU(Att(x), Att(x_adv)) (Eq. 6), both keeping their top #cell grid cells.
-5. Tables 4-5: Tables 1 and 3 again with LIME (Ribeiro et al. 2016) masks, the top n superpixels.
-
-Geometry, one convention throughout:
-
-* A box is (ymin, xmin, ymax, xmax) in continuous pixel coordinates of the model input: pixel
-  (r, c) covers [r, r + 1) x [c, c + 1), so ymax and xmax are exclusive edges. An image may have
-  several boxes; its ground truth is their union.
-* Grad-CAM maps live on an analysis grid: the native [h, w] map of the Grad-CAM layer averaged
-  over the cells of a g x g grid (`pool_cam`: area resampling; g = 8 is the 8x8 grid of the
-  paper's InceptionV3 map), or the native grid itself (grid=None).
-* The box is downsampled to that grid by cell coverage: GT(x) is the set of cells that the union
-  of the boxes covers at least half (coverage computed exactly by `box_coverage`), and never
-  empty (if no cell is half covered, the most covered one). IoU(Att, GT) and IoU(Att(x),
-  Att(x_adv)) are then true intersection-over-union of cell sets on the same grid, whose cells all
-  have the same area.
-* LIME explains with superpixels, which are pixel sets, so Tables 4-5 are computed in pixels:
-  Table 4 against the union of the boxes rasterised at pixel centres (`box_pixel_mask`), Table 5
-  between the clean and adversarial LIME masks. Both explanations of an image use the clean
-  image's superpixels, so the masks are unions of the same regions.
-
-An all-zero Grad-CAM map (every weighted activation negative) has no attention area: its IoUs
-are NaN, left out of the means, and counted in the report (`degenerate_maps`).
-
-    models = [AnalyzedModel('raw', classifier, 'gradcam')]
-    result = analyze(models, batches, AnalysisConfig(eps=0.1))   # batches: (x, y, boxes) tuples
-    result.tables['raw']['table1']
-    print(to_markdown(result))
-"""
-
-import contextlib
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -53,251 +12,29 @@ from absl import logging
 
 from aad_tf import attacks
 from aad_tf import gradcam as gradcam_lib
+from aad_tf.analysis.geometry import KAPPA_MODES
+from aad_tf.analysis.geometry import attention
+from aad_tf.analysis.geometry import box_coverage
+from aad_tf.analysis.geometry import box_pixel_mask
+from aad_tf.analysis.geometry import ground_truth_cells
+from aad_tf.analysis.geometry import iou
+from aad_tf.analysis.geometry import pool_cam
+from aad_tf.analysis.geometry import top_cells
+from aad_tf.analysis.lime_masks import SEGMENTATIONS
+from aad_tf.analysis.lime_masks import import_lime
+from aad_tf.analysis.lime_masks import lime_mask
+from aad_tf.analysis.lime_masks import lime_weights
+from aad_tf.analysis.lime_masks import segment
 
-KAPPA_MODES = ('equal_area', 'mean', 'fixed')
+
 ADV_CAM_LABELS = ('true', 'predicted')
-SEGMENTATIONS = ('quickshift', 'slic', 'grid')
 SUBSETS = ('succeeded', 'failed')
-LIME_INSTALL = "pip install lime==0.2.0.1 scikit-image==0.26.0   (or pip install -e '.[analysis]')"
 
 # A batch of the analysed data: images [B, H, W, C] in [0, 1], int labels [B], and for each
 # image its boxes, a float array [K_i, 4] of (ymin, xmin, ymax, xmax) in input pixels.
-Batch = Tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]]
+Batch = tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]]
 
 
-# ---------------------------------------------------------------------------------------------
-# Geometry: masks, boxes, IoU.
-
-def iou(a, b) -> np.ndarray:
-  """Intersection over union of binary masks, per example.
-
-  Args:
-    a, b: masks of the same shape [B, ...] (bool, or numbers where nonzero means inside).
-
-  Returns:
-    float64 [B]: |a & b| / |a | b|, NaN where both masks are empty.
-  """
-  a, b = np.asarray(a) != 0, np.asarray(b) != 0
-  if a.shape != b.shape or a.ndim < 2:
-    raise ValueError(f'Masks must have the same shape [B, ...], got {a.shape} and {b.shape}.')
-  axes = tuple(range(1, a.ndim))
-  inter = np.logical_and(a, b).sum(axis=axes)
-  union = np.logical_or(a, b).sum(axis=axes)
-  return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-
-
-def _check_boxes(boxes) -> np.ndarray:
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros([0, 4])
-  if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
-    raise ValueError(f'Boxes must be (ymin, xmin, ymax, xmax) with min <= max, got {boxes}.')
-  return boxes
-
-
-def box_coverage(boxes, image_size: Tuple[int, int], grid_size: Tuple[int, int]) -> np.ndarray:
-  """The exact fraction of each grid cell covered by the union of the boxes.
-
-  The image [0, H) x [0, W) is cut into grid_size equal cells (of non-integer size if the grid
-  does not divide the image). Coordinates are cut at every box and cell edge; each elementary
-  rectangle is inside one cell and either inside the union or not, so the sum is exact.
-
-  Args:
-    boxes: float [K, 4] (ymin, xmin, ymax, xmax) in pixels; clipped to the image.
-    image_size: (H, W).
-    grid_size: (h, w).
-
-  Returns:
-    float64 [h, w] in [0, 1].
-  """
-  height, width = (float(v) for v in image_size)
-  rows, cols = (int(v) for v in grid_size)
-  boxes = _check_boxes(boxes)
-  boxes = np.clip(boxes, 0.0, [height, width, height, width])
-  y_cells, x_cells = np.linspace(0.0, height, rows + 1), np.linspace(0.0, width, cols + 1)
-  ys = np.unique(np.concatenate([y_cells, boxes[:, 0], boxes[:, 2]]))
-  xs = np.unique(np.concatenate([x_cells, boxes[:, 1], boxes[:, 3]]))
-  yc, xc = (ys[:-1] + ys[1:]) / 2, (xs[:-1] + xs[1:]) / 2  # Centres of the elementary pieces.
-  inside = np.zeros([len(yc), len(xc)], bool)
-  for ymin, xmin, ymax, xmax in boxes:
-    inside |= ((ymin <= yc) & (yc < ymax))[:, None] & ((xmin <= xc) & (xc < xmax))[None, :]
-  area = np.diff(ys)[:, None] * np.diff(xs)[None, :] * inside
-  row = np.clip(np.searchsorted(y_cells, yc, side='right') - 1, 0, rows - 1)
-  col = np.clip(np.searchsorted(x_cells, xc, side='right') - 1, 0, cols - 1)
-  covered = np.zeros([rows, cols])
-  np.add.at(covered, (row[:, None], col[None, :]), area)
-  return covered / ((height / rows) * (width / cols))
-
-
-def ground_truth_cells(coverage: np.ndarray, min_coverage: float = 0.5) -> np.ndarray:
-  """GT on the grid: cells covered at least `min_coverage`; never empty (else the most covered).
-
-  Args:
-    coverage: [..., h, w] fractions from `box_coverage`.
-
-  Returns:
-    bool [..., h, w].
-  """
-  coverage = np.asarray(coverage)
-  cells = coverage >= min_coverage
-  flat_cov = coverage.reshape(-1, coverage.shape[-2] * coverage.shape[-1])
-  flat = cells.reshape(flat_cov.shape).copy()
-  empty = ~flat.any(axis=-1)
-  flat[empty, np.argmax(flat_cov[empty], axis=-1)] = True
-  return flat.reshape(cells.shape)
-
-
-def box_pixel_mask(boxes, image_size: Tuple[int, int]) -> np.ndarray:
-  """bool [H, W]: pixels whose centre lies in the union of the boxes."""
-  height, width = (int(v) for v in image_size)
-  boxes = _check_boxes(boxes)
-  yc, xc = np.arange(height) + 0.5, np.arange(width) + 0.5
-  mask = np.zeros([height, width], bool)
-  for ymin, xmin, ymax, xmax in boxes:
-    mask |= ((ymin <= yc) & (yc < ymax))[:, None] & ((xmin <= xc) & (xc < xmax))[None, :]
-  return mask
-
-
-def pool_cam(cam: tf.Tensor, grid: Optional[int]) -> tf.Tensor:
-  """Grad-CAM maps [B, h, w] averaged over a grid x grid grid of cells (area resampling).
-
-  grid=None keeps the native grid. The grid may not be finer than the native map.
-  """
-  if grid is None:
-    return cam
-  height, width = cam.shape[1], cam.shape[2]
-  if height is not None and width is not None and (grid > height or grid > width):
-    raise ValueError(f'The analysis grid {grid}x{grid} is finer than the Grad-CAM map '
-                     f'{height}x{width}; use the native grid or a grid of at most '
-                     f'{min(height, width)}.')
-  return tf.image.resize(cam[..., None], (grid, grid), method='area')[..., 0]
-
-
-def attention(cam, *, kappa_mode: str, kappa: float = 0.5,
-              gt_cells: Optional[np.ndarray] = None) -> np.ndarray:
-  """Att(x) on the analysis grid as bool [B, h, w] (paper Eq. 3).
-
-  Args:
-    cam: Grad-CAM maps [B, h, w].
-    kappa_mode: 'equal_area' (top |GT| cells: the image-specific kappa giving Att the area of
-      GT; needs gt_cells), 'mean' (g >= per-image mean) or 'fixed' (g / max g >= kappa).
-    kappa: the threshold for 'fixed', in [0, 1].
-    gt_cells: bool [B, h, w], the ground truth on the grid ('equal_area' only).
-  """
-  cam = tf.convert_to_tensor(cam, tf.float32)
-  if kappa_mode == 'equal_area':
-    if gt_cells is None:
-      raise ValueError("kappa_mode 'equal_area' needs gt_cells.")
-    area = np.asarray(gt_cells).reshape(len(gt_cells), -1).sum(axis=-1).astype(np.int32)
-    mask = gradcam_lib.attention_area(cam, top_k=area)
-  elif kappa_mode == 'mean':
-    mask = gradcam_lib.attention_area(cam, kappa='mean')
-  elif kappa_mode == 'fixed':
-    mask = gradcam_lib.attention_area(gradcam_lib.normalize_cam(cam), kappa=float(kappa))
-  else:
-    raise ValueError(f'kappa_mode must be one of {KAPPA_MODES}, got {kappa_mode!r}.')
-  return mask.numpy() > 0
-
-
-def top_cells(cam, k: int) -> np.ndarray:
-  """bool [B, h, w]: exactly the k highest cells of each map (ties broken by position)."""
-  return gradcam_lib.attention_area(tf.convert_to_tensor(cam, tf.float32), top_k=int(k)).numpy() > 0
-
-
-# ---------------------------------------------------------------------------------------------
-# LIME (imported lazily: an optional dependency).
-
-def import_lime():
-  """Returns `lime.lime_image`, or raises ImportError saying how to install it."""
-  try:
-    from lime import lime_image  # pylint: disable=g-import-not-at-top
-    from lime.wrappers import scikit_image  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    raise ImportError(f'Tables 4-5 need the `lime` package (and scikit-image): {LIME_INSTALL}. '
-                      f'Or skip them with no LIME features (--lime_features=).') from e
-  return lime_image
-
-
-def segment(image: np.ndarray, method: str, *, num_segments: int = 64, grid: int = 8,
-            seed: int = 0) -> np.ndarray:
-  """Superpixels of one image [H, W, C] in [0, 1] as int labels 0..S-1, shape [H, W].
-
-  'quickshift' is LIME's default (kernel 4, max_dist 200, ratio 0.2: made for photographs),
-  'slic' asks skimage's SLIC for about `num_segments`, 'grid' cuts a grid x grid grid.
-  """
-  height, width = image.shape[:2]
-  if method == 'grid':
-    rows = np.minimum((np.arange(height) + 0.5) * grid // height, grid - 1).astype(int)
-    cols = np.minimum((np.arange(width) + 0.5) * grid // width, grid - 1).astype(int)
-    return rows[:, None] * grid + cols[None, :]
-  if method not in SEGMENTATIONS:
-    raise ValueError(f'segmentation must be one of {SEGMENTATIONS}, got {method!r}.')
-  import_lime()
-  # pylint: disable-next=g-import-not-at-top
-  from lime.wrappers.scikit_image import SegmentationAlgorithm
-  rgb = _rgb(image)
-  if method == 'quickshift':
-    algorithm = SegmentationAlgorithm('quickshift', kernel_size=4, max_dist=200, ratio=0.2,
-                                      random_seed=seed)
-  else:
-    algorithm = SegmentationAlgorithm('slic', n_segments=num_segments, compactness=10,
-                                      start_label=0)
-  labels = algorithm(rgb)
-  return np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-  image = np.asarray(image, np.float64)
-  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
-@contextlib.contextmanager
-def _quiet_lime(lime_image):
-  # lime 0.2.0.1 wraps every explanation's sampling loop in a tqdm progress bar it cannot turn
-  # off; hundreds of bars would bury the log.
-  saved = lime_image.tqdm
-  lime_image.tqdm = lambda iterable, *args, **kwargs: iterable
-  try:
-    yield
-  finally:
-    lime_image.tqdm = saved
-
-
-def lime_weights(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, label: int,
-                 segments: np.ndarray, *, num_samples: int, seed: int,
-                 batch_size: int = 100) -> np.ndarray:
-  """LIME's per-superpixel weights for class `label` of one image.
-
-  Args:
-    predict: images [N, H, W, 3] float64 -> class probabilities [N, classes].
-    image: [H, W, C] in [0, 1].
-    label: the explained class.
-    segments: int [H, W] superpixel ids 0..S-1 (used as is, so that two images can share them).
-    num_samples: LIME's neighbourhood size.
-    seed: seeds LIME's sampling.
-
-  Returns:
-    float64 [S]: the local linear model's weight of each superpixel (hidden superpixels take
-    their mean colour, LIME's default).
-  """
-  lime_image = import_lime()
-  explainer = lime_image.LimeImageExplainer(random_state=int(seed) % (2**32))
-  with _quiet_lime(lime_image):
-    explanation = explainer.explain_instance(
-        _rgb(image), predict, labels=(int(label),), top_labels=None, num_samples=num_samples,
-        batch_size=batch_size, segmentation_fn=lambda _: segments, random_seed=int(seed) % 1000)
-  weights = np.zeros(int(segments.max()) + 1)
-  for feature, weight in explanation.local_exp[int(label)]:
-    weights[feature] = weight
-  return weights
-
-
-def lime_mask(segments: np.ndarray, weights: np.ndarray, num_features: int) -> np.ndarray:
-  """bool [H, W]: the union of the `num_features` superpixels of largest weight for the class."""
-  order = np.argsort(-weights, kind='stable')[:num_features]
-  return np.isin(segments, order)
-
-
-# ---------------------------------------------------------------------------------------------
-# The analysis.
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
@@ -324,12 +61,12 @@ class AnalysisConfig:
   eps: float
   kappa_mode: str = 'equal_area'
   kappa: float = 0.5
-  grid: Optional[int] = 8
-  cells: Tuple[int, ...] = (5, 10, 20, 30)
+  grid: int | None = 8
+  cells: tuple[int, ...] = (5, 10, 20, 30)
   min_coverage: float = 0.5
   low_iou: float = 0.5
   adv_cam_label: str = 'true'
-  lime_features: Tuple[int, ...] = (8, 10)
+  lime_features: tuple[int, ...] = (8, 10)
   lime_examples: int = 100
   lime_samples: int = 1000
   lime_segmentation: str = 'quickshift'
@@ -430,7 +167,7 @@ class _Compiled:
 
 
 def attack_rounds(model: AnalyzedModel, x, y, *, eps: float, num_rounds: int = 5
-                  ) -> Dict[str, np.ndarray]:
+                  ) -> dict[str, np.ndarray]:
   """Grad-CAM over iterative attack rounds (paper Fig. 2).
 
   Round r is r steps of Iter-StepLL of size eps / num_rounds (least-likely class fixed from the
@@ -475,10 +212,10 @@ class Analysis:
     lime_examples: the primary model's LIME masks for its first flipped and held examples.
   """
   config: AnalysisConfig
-  records: Dict[str, Dict[str, Any]]
-  tables: Dict[str, Dict[str, Any]]
-  examples: Dict[str, Any]
-  lime_examples: Dict[str, Any]
+  records: dict[str, dict[str, Any]]
+  tables: dict[str, dict[str, Any]]
+  examples: dict[str, Any]
+  lime_examples: dict[str, Any]
 
   @property
   def primary(self) -> str:
@@ -550,15 +287,15 @@ class _Accumulator:
 
   def __init__(self, config: AnalysisConfig):
     self.config = config
-    self.columns: Dict[str, List[np.ndarray]] = {}
-    self.lime: Dict[str, List[np.ndarray]] = {}
+    self.columns: dict[str, list[np.ndarray]] = {}
+    self.lime: dict[str, list[np.ndarray]] = {}
     self.lime_count = 0
 
-  def _append(self, store, values: Dict[str, np.ndarray]):
+  def _append(self, store, values: dict[str, np.ndarray]):
     for key, value in values.items():
       store.setdefault(key, []).append(np.asarray(value))
 
-  def add(self, x, y, boxes, out, offset: int, compiled: _Compiled) -> List[Dict[str, Any]]:
+  def add(self, x, y, boxes, out, offset: int, compiled: _Compiled) -> list[dict[str, Any]]:
     """Adds one batch; returns the LIME results it computed (for figures)."""
     config = self.config
     grid_cam, grid_cam_adv = out['grid_cam'], out['grid_cam_adv']
@@ -588,7 +325,7 @@ class _Accumulator:
       return []
     return self._add_lime(x, y, boxes, out['x_adv'], index, columns, compiled)
 
-  def _add_lime(self, x, y, boxes, x_adv, index, columns, compiled) -> List[Dict[str, Any]]:
+  def _add_lime(self, x, y, boxes, x_adv, index, columns, compiled) -> list[dict[str, Any]]:
     config = self.config
     results = []
     adv_labels = y if config.adv_cam_label == 'true' else columns['adv_pred']
@@ -621,12 +358,12 @@ class _Accumulator:
                       'iou_adv': {n: row[f'iou_adv/{n}'] for n in config.lime_features}})
     return results
 
-  def records(self) -> Dict[str, Any]:
+  def records(self) -> dict[str, Any]:
     out = {k: np.concatenate(v) for k, v in self.columns.items()}
     out.update({f'lime/{k}': np.stack(v) for k, v in self.lime.items()})
     return out
 
-  def tables(self) -> Dict[str, Any]:
+  def tables(self) -> dict[str, Any]:
     return tables_from_records(self.records(), self.config)
 
 
@@ -654,10 +391,9 @@ def _keep_lime_examples(store, results, limit):
       store[kind].append(result)
 
 
-# ---------------------------------------------------------------------------------------------
-# Tables.
 
-def _mean(values: np.ndarray) -> Dict[str, Any]:
+
+def _mean(values: np.ndarray) -> dict[str, Any]:
   values = np.asarray(values, np.float64)
   values = values[np.isfinite(values)]
   n = int(values.size)
@@ -666,8 +402,8 @@ def _mean(values: np.ndarray) -> Dict[str, Any]:
   return {'mean': mean, 'stderr': stderr, 'count': n}
 
 
-def tables_from_records(records: Dict[str, np.ndarray], config: AnalysisConfig
-                        ) -> Dict[str, Any]:
+def tables_from_records(records: dict[str, np.ndarray], config: AnalysisConfig
+                        ) -> dict[str, Any]:
   """Tables 1-5 (and a summary) from per-example records, JSON-ready.
 
   Shares are fractions of I_att (Table 1) or of its images with IoU < low_iou (Table 2); IoU and
@@ -714,107 +450,3 @@ def tables_from_records(records: Dict[str, np.ndarray], config: AnalysisConfig
                                            for name, mask in lime_subsets.items()}}
                    for n in config.lime_features]}
   return tables
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown.
-
-def _fmt(entry: Optional[Dict[str, Any]], digits: int = 3) -> str:
-  if not entry or entry.get('mean') is None:
-    return 'n/a'
-  text = f'{entry["mean"]:.{digits}f}'
-  if entry.get('stderr') is not None:
-    text += f' ± {entry["stderr"]:.{digits}f}'
-  return text + f' (n={entry["count"]})'
-
-
-def _pct(value: Optional[float]) -> str:
-  return 'n/a' if value is None else f'{100 * value:.1f}%'
-
-
-def format_tables(tables: Dict[str, Any]) -> str:
-  """One model's Tables 1-5 in the paper's layout (mean ± standard error, n)."""
-  t1, t2, t3 = tables['table1'], tables['table2'], tables['table3']
-  grid = 'native' if t3['grid'] is None else f'{t3["grid"]}x{t3["grid"]}'
-  lines = [
-      f'**Table 1.** IoU(Att, GT), kappa = {t1["kappa_mode"]}, over I_att ({t1["num_att"]} '
-      f'images).', '',
-      '| | I_succeed | I_fail |', '|---|---|---|',
-      f'| share | {_pct(t1["succeeded"]["share"])} | {_pct(t1["failed"]["share"])} |',
-      f'| IoU(Att, GT) | {_fmt(t1["succeeded"]["iou"])} | {_fmt(t1["failed"]["iou"])} |', '',
-      'IoU(Att, GT) under each kappa:', '', '| kappa | I_succeed | I_fail |', '|---|---|---|']
-  for mode, row in t1['iou_by_kappa'].items():
-    lines.append(f'| {mode} | {_fmt(row["succeeded"])} | {_fmt(row["failed"])} |')
-  lines += [
-      '', f'**Table 2.** Images with IoU(Att, GT) < {t2["iou_below"]} ({t2["count"]} images): '
-      f'share and mean confidence in the true class.', '',
-      '| | I_succeed | I_fail |', '|---|---|---|',
-      f'| share | {_pct(t2["succeeded"]["share"])} | {_pct(t2["failed"]["share"])} |',
-      f'| confidence | {_fmt(t2["succeeded"]["confidence"], 4)} | '
-      f'{_fmt(t2["failed"]["confidence"], 4)} |', '',
-      f'**Table 3.** IoU(Att(x), Att(x_adv)), top #cell cells of the {grid} grid.', '',
-      '| #cell | I_succeed | I_fail |', '|---|---|---|']
-  for row in t3['rows']:
-    lines.append(f'| {row["cells"]} | {_fmt(row["succeeded"])} | {_fmt(row["failed"])} |')
-  for key, title in (('table4', 'IoU(LIME mask, GT box), in pixels'),
-                     ('table5', 'IoU(LIME mask of x, LIME mask of x_adv), in pixels')):
-    table = tables[key]
-    number = key[-1]
-    if table is None:
-      lines += ['', f'**Table {number}.** {title}: not computed (no LIME features).']
-      continue
-    lines += ['', f'**Table {number}.** {title}; first {table["num_examples"]} images of I_att, '
-              f'{table["segmentation"]} superpixels, {table["samples"]} samples.', '',
-              '| #features | I_succeed | I_fail |', '|---|---|---|']
-    for row in table['rows']:
-      lines.append(f'| {row["features"]} | {_fmt(row["succeeded"])} | {_fmt(row["failed"])} |')
-  return '\n'.join(lines)
-
-
-def format_comparison(tables: Dict[str, Dict[str, Any]]) -> str:
-  """The Sec. 5.5 view: one row per model, attention statistics (succeeded / failed)."""
-  first = next(iter(tables.values()))
-  cells = [row['cells'] for row in first['table3']['rows']]
-  header = ['model', 'clean acc', 'StepLL flips', 'IoU(Att,GT) succ / fail'] + [
-      f'IoU ori-adv #{k} succ / fail' for k in cells]
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  short = lambda e: 'n/a' if not e or e['mean'] is None else f'{e["mean"]:.3f}'
-  for name, t in tables.items():
-    s, t1 = t['summary'], t['table1']
-    row = [name, _pct(s['clean_accuracy']), _pct(s['attack_success_rate']),
-           f'{short(t1["succeeded"]["iou"])} / {short(t1["failed"]["iou"])}']
-    row += [f'{short(r["succeeded"])} / {short(r["failed"])}' for r in t['table3']['rows']]
-    lines.append('| ' + ' | '.join(row) + ' |')
-  return '\n'.join(lines)
-
-
-def to_markdown(result: Analysis, *, title: str = 'Attention data analysis (paper Sec. 3)',
-                figures: Sequence[str] = (), settings: Optional[Dict[str, Any]] = None) -> str:
-  """The whole report: settings, each model's tables, the comparison, figure links."""
-  config = result.config
-  lines = [f'# {title}', '']
-  for key, value in {**(settings or {}), **dataclasses.asdict(config)}.items():
-    lines.append(f'- {key}: {value}')
-  lines += ['', 'IoUs are true intersection-over-union: Grad-CAM areas and the box (the cells '
-            f'it covers at least {config.min_coverage:.0%}) on the same grid; LIME masks and '
-            'the box in pixels. Entries: mean ± standard error (n).', '']
-  for name, tables in result.tables.items():
-    s = tables['summary']
-    lines += [f'## {name}', '',
-              f'{s["num_examples"]} images, clean accuracy {_pct(s["clean_accuracy"])}; StepLL '
-              f'(eps {config.eps:.4g}) flips {_pct(s["attack_success_rate"])} of I_att '
-              f'({s["num_att"]} images). All-zero Grad-CAM maps left out: '
-              f'{s["degenerate_maps"]["clean"]} clean, {s["degenerate_maps"]["adversarial"]} '
-              'adversarial.', '', format_tables(tables), '']
-  if len(result.tables) > 1:
-    lines += ['## Across models (Sec. 5.5)', '', format_comparison(result.tables), '']
-  if figures:
-    lines += ['## Figures', ''] + [f'![{f}]({f})' for f in figures] + ['']
-  return '\n'.join(lines)
-
-
-def to_json(result: Analysis, settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """The report as JSON: settings, the primary model's tables at top level, all under 'models'."""
-  primary = result.tables[result.primary]
-  return {'settings': {**(settings or {}), **dataclasses.asdict(result.config)},
-          'model': result.primary, **primary, 'models': result.tables}

@@ -116,8 +116,8 @@ def read_annotations(imagenet_dir: str, *, num_examples: int | None = None,
   synsets_file = synsets_file or os.path.join(imagenet_dir, 'synsets.txt')
   for path, what in ((images_dir, 'the validation JPEGs'), (boxes_dir, 'the box XML files')):
     if not os.path.isdir(path):
-      raise FileNotFoundError(f'{path} (for {what}) not found; see aad_tf/data/imagenet_boxes.py for '
-                              'the expected layout.')
+      raise FileNotFoundError(f'{path} (for {what}) not found; see '
+                              'aad_tf/data/imagenet_boxes.py for the expected layout.')
   if not os.path.isfile(synsets_file):
     raise FileNotFoundError(f'{synsets_file} (class i = line i) not found; see '
                             'aad_tf/data/imagenet_boxes.py.')
