@@ -1,199 +1,23 @@
-"""Figures of where a classifier looks, clean and under attack, and of robustness sweeps.
+"""Drawing map panels with matplotlib: panel, comparison and evolution figures, PNG bytes."""
 
-Activation maps (paper Fig. 1, 6, 7, 9):
-
-    maker = PanelMaker(classifier, 'gradcam', AttackConfig(eps=0.3, step_size=0.01, num_steps=40))
-    panel = maker(x[:8], y[:8])                      # one compiled call: Grad-CAM clean + PGD
-    save_png(panel_figure(panel, class_names('mnist')), 'maps.png')
-
-  panel_figure       rows input / clean map / adversarial map, one column per image (also what
-                     `aad_tf.summaries` writes to TensorBoard)
-  comparison_figure  one row per image, (clean, adversarial) map columns per run (Fig. 7 / 9)
-  evolution_figure   one image's clean and adversarial maps across checkpoints (Fig. 6)
-
-Curves from JSON files written by evaluations:
-
-  robustness_figure   accuracy vs eps, one panel per attack, one line per run
-  sensitivity_figure  clean and adversarial accuracy vs alpha and vs beta (Fig. 8)
-
-Accepted accuracy files (`read_accuracy`), accuracies as fractions in [0, 1]:
-
-  eval.json        {"eps": 0.3, "accuracy": {"clean": 0.98, "fgsm": 0.95, "pgd20": 0.91, ...}}
-  robustness.json  the same single-eps form, or a sweep, either
-                   {"eps": [0.1, 0.2, 0.3], "accuracy": {"pgd20": [0.97, 0.95, 0.91], ...}}
-                   or {"results": [{"eps": 0.1, "accuracy": {...}}, ...]}
-
-Overlays are the Grad-CAM map of the explained class (the true label by default, as in the
-training losses; or the prediction) scaled into [0, 1] per image, drawn with the 'jet' colormap at
-45% opacity over the image. Text under each map: predicted class and its softmax confidence, green
-when correct, red when wrong. Figures are built with the object-oriented matplotlib API on an Agg
-canvas, so importing this module never changes pyplot's backend.
-"""
-
-import dataclasses
 import io
-import json
-import math
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from aad_tf import attacks
-from aad_tf import defense as defense_lib
-from aad_tf import gradcam as gradcam_lib
+from aad_tf.figures.panels import AttentionPanel
 
-CLASS_NAMES = {
-    'mnist': tuple(str(i) for i in range(10)),
-    'cifar10': ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
-                'truck'),
-}
-EXPLAIN = ('label', 'prediction')
+
 OVERLAY_ALPHA = 0.45
 CORRECT_COLOR = '#1a7f37'
 WRONG_COLOR = '#cf222e'
 
 
-def class_names(dataset: str, num_classes: int = 10) -> Tuple[str, ...]:
-  """Display names of the classes of `dataset` (class ids as text for unknown datasets)."""
-  return CLASS_NAMES.get(dataset, tuple(str(i) for i in range(num_classes)))
-
-
-def pick_examples(labels: np.ndarray, num: int) -> np.ndarray:
-  """Indices of `num` examples covering the classes in turn: the first 0, the first 1, ...
-
-  A fixed, label-balanced choice, so panels from different runs show the same images.
-  """
-  labels = np.asarray(labels)
-  if num < 1 or num > len(labels):
-    raise ValueError(f'num must be in [1, {len(labels)}], got {num}.')
-  by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-  chosen: List[int] = []
-  while len(chosen) < num:
-    for indices in by_class:
-      if indices and len(chosen) < num:
-        chosen.append(int(indices.pop(0)))
-  return np.asarray(chosen)
-
-
-# ---------------------------------------------------------------------------------------------
-# Computing the maps.
-
-@dataclasses.dataclass(frozen=True)
-class AttentionPanel:
-  """Grad-CAM maps of a few images and of their adversarial versions (NumPy).
-
-  Attributes:
-    images: float32 [N, H, W, C] in [0, 1].
-    labels: int [N] true classes.
-    cams: float32 [N, H, W] clean maps in [0, 1] (each scaled by its maximum), input resolution.
-    probs: float32 [N, K] softmax on the clean images.
-    adv_images: float32 [N, H, W, C], the attack's output.
-    adv_cams: float32 [N, H, W] maps of the adversarial images.
-    adv_probs: float32 [N, K].
-    attack: a short description, e.g. 'PGD-40 eps=0.3'.
-  """
-  images: np.ndarray
-  labels: np.ndarray
-  cams: np.ndarray
-  probs: np.ndarray
-  adv_images: np.ndarray
-  adv_cams: np.ndarray
-  adv_probs: np.ndarray
-  attack: str
-
-  @property
-  def predictions(self) -> np.ndarray:
-    return self.probs.argmax(-1)
-
-  @property
-  def adv_predictions(self) -> np.ndarray:
-    return self.adv_probs.argmax(-1)
-
-  def take(self, indices) -> 'AttentionPanel':
-    """The panel restricted to `indices`."""
-    indices = np.asarray(indices)
-    return dataclasses.replace(self, **{
-        f.name: getattr(self, f.name)[indices]
-        for f in dataclasses.fields(self) if f.name != 'attack'})
-
-
-def describe_attack(attack: defense_lib.AttackConfig) -> str:
-  if attack.num_steps == 0 or attack.eps == 0:
-    return 'no attack (eps=0)' if attack.eps == 0 else f'random start eps={attack.eps:g}'
-  return f'PGD-{attack.num_steps} eps={attack.eps:g}'
-
-
-class PanelMaker:
-  """Computes `AttentionPanel`s of a classifier with one compiled function.
-
-  The adversarial images come from PGD with `attack` (the training attack of a run) against the
-  classifier in inference mode, from a fixed random start (`seed`), so consecutive panels of a
-  training run differ only because the weights changed.
-
-  Args:
-    classifier: functional keras.Model, images [B, H, W, C] in [0, 1] -> logits [B, K].
-    gradcam_layer: name of its Grad-CAM layer.
-    attack: the PGD configuration.
-    explain: 'label' (Grad-CAM of the true class, as the AAD losses use) or 'prediction'.
-    seed: seed of PGD's random start.
-  """
-
-  def __init__(self, classifier: keras.Model, gradcam_layer: str,
-               attack: defense_lib.AttackConfig, *, explain: str = 'label', seed: int = 0):
-    if explain not in EXPLAIN:
-      raise ValueError(f'explain must be one of {EXPLAIN}, got {explain!r}.')
-    if not isinstance(attack, defense_lib.AttackConfig):
-      raise ValueError(f'attack must be a defense.AttackConfig, got {type(attack).__name__}.')
-    image_shape = tuple(classifier.input_shape[1:])
-    if None in image_shape:
-      raise ValueError(f'The classifier needs a fixed input shape, got {image_shape}.')
-    self.classifier = classifier
-    self.attack = attack
-    self.explain = explain
-    features = gradcam_lib.FeatureModel(classifier, gradcam_layer)
-    feature_fn = features.fn(training=False)
-    model_fn = lambda images: classifier(images, training=False)
-    size = image_shape[:2]
-    pgd_seed = tf.constant([seed, 0], tf.int32)
-
-    def maps(x, y):
-      cam, logits = gradcam_lib.gradcam(feature_fn, x, y if explain == 'label' else None)
-      cam = gradcam_lib.upsample_cam(gradcam_lib.normalize_cam(cam), size)
-      return tf.clip_by_value(cam, 0.0, 1.0), tf.nn.softmax(tf.cast(logits, tf.float32))
-
-    @tf.function(input_signature=(tf.TensorSpec([None, *image_shape], tf.float32),
-                                  tf.TensorSpec([None], tf.int32)))
-    def compute(x, y):
-      x_adv = attacks.pgd(model_fn, x, y, eps=attack.eps, step_size=attack.step_size,
-                          num_steps=attack.num_steps, random_init=attack.random_init,
-                          seed=pgd_seed)
-      cam, probs = maps(x, y)
-      adv_cam, adv_probs = maps(x_adv, y)
-      return cam, probs, x_adv, adv_cam, adv_probs
-
-    self._compute = compute
-
-  def __call__(self, images, labels) -> AttentionPanel:
-    """Maps of `images` float [N, H, W, C] in [0, 1] with true `labels` int [N]."""
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels).astype(np.int32)
-    if images.ndim != 4 or len(images) != len(labels) or not len(images):
-      raise ValueError(f'Expected images [N, H, W, C] and labels [N] with N >= 1, got '
-                       f'{images.shape} and {labels.shape}.')
-    cam, probs, x_adv, adv_cam, adv_probs = (
-        t.numpy() for t in self._compute(tf.constant(images), tf.constant(labels)))
-    return AttentionPanel(images, labels, cam, probs, x_adv, adv_cam, adv_probs,
-                          describe_attack(self.attack))
-
-
-# ---------------------------------------------------------------------------------------------
-# Drawing.
 
 def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
   """A matplotlib Figure on its own Agg canvas (no pyplot state involved)."""
@@ -219,7 +43,7 @@ def save_png(fig: Figure, path: str) -> str:
   return path
 
 
-def _show(ax, image: np.ndarray, cam: Optional[np.ndarray] = None):
+def _show(ax, image: np.ndarray, cam: np.ndarray | None = None):
   """Draws an image [H, W, C] in [0, 1], optionally under a map [H, W] in [0, 1]."""
   image = np.clip(image, 0.0, 1.0)
   if image.shape[-1] == 1:
@@ -253,7 +77,7 @@ def _colorbar(fig: Figure, mappable, axes) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def panel_figure(panel: AttentionPanel, names: Sequence[str], *, title: Optional[str] = None,
+def panel_figure(panel: AttentionPanel, names: Sequence[str], *, title: str | None = None,
                  cell: float = 1.25, dpi: int = 100) -> Figure:
   """Rows input / clean map / adversarial map (Fig. 1 layout), one column per image.
 
@@ -288,7 +112,11 @@ def panel_figure(panel: AttentionPanel, names: Sequence[str], *, title: Optional
 
 
 def overlay(images: np.ndarray, cams: np.ndarray) -> np.ndarray:
-  """Maps [N, H, W] in [0, 1] drawn with 'jet' over images [N, H, W, C] (gray or RGB): [N, H, W, 3]."""
+  """Maps [N, H, W] in [0, 1] drawn with 'jet' over images [N, H, W, C] (gray or RGB).
+
+  Returns:
+    [N, H, W, 3] RGB.
+  """
   base = np.clip(images, 0.0, 1.0)
   if base.shape[-1] == 1:
     base = np.repeat(base, 3, axis=-1)
@@ -296,7 +124,7 @@ def overlay(images: np.ndarray, cams: np.ndarray) -> np.ndarray:
   return (1.0 - OVERLAY_ALPHA) * base + OVERLAY_ALPHA * heat
 
 
-def panel_image(panel: AttentionPanel, names: Sequence[str], *, title: Optional[str] = None,
+def panel_image(panel: AttentionPanel, names: Sequence[str], *, title: str | None = None,
                 cell: int = 112, dpi: int = 100) -> np.ndarray:
   """`panel_figure`'s layout rendered cheaply as one uint8 image [height, width, 3].
 
@@ -364,7 +192,7 @@ def panel_image(panel: AttentionPanel, names: Sequence[str], *, title: Optional[
 
 
 def comparison_figure(panels: Mapping[str, AttentionPanel], names: Sequence[str], *,
-                      title: Optional[str] = None, cell: float = 1.35, dpi: int = 100) -> Figure:
+                      title: str | None = None, cell: float = 1.35, dpi: int = 100) -> Figure:
   """One row per image: the input, then a (clean, adversarial) pair of maps per run (Fig. 7/9).
 
   Args:
@@ -406,8 +234,8 @@ def comparison_figure(panels: Mapping[str, AttentionPanel], names: Sequence[str]
   return fig
 
 
-def evolution_figure(snapshots: Sequence[Tuple[int, AttentionPanel]], names: Sequence[str], *,
-                     title: Optional[str] = None, cell: float = 1.3, dpi: int = 100) -> Figure:
+def evolution_figure(snapshots: Sequence[tuple[int, AttentionPanel]], names: Sequence[str], *,
+                     title: str | None = None, cell: float = 1.3, dpi: int = 100) -> Figure:
   """Maps across training (Fig. 6): for each image, clean (top) and adversarial (bottom) rows.
 
   Args:
@@ -446,204 +274,3 @@ def evolution_figure(snapshots: Sequence[Tuple[int, AttentionPanel]], names: Seq
   fig.suptitle(title or f'Grad-CAM across training (steps {steps[0]} to {steps[-1]})',
                fontsize=11)
   return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Accuracy files and curves.
-
-def read_accuracy(path: str) -> Dict[str, List[Tuple[float, float]]]:
-  """Reads an eval.json / robustness.json into attack -> [(eps, accuracy), ...] sorted by eps.
-
-  See the module docstring for the accepted layouts. 'clean' is kept as given (its eps is the
-  file's eps); `robustness_figure` draws it at eps = 0.
-  """
-  with tf.io.gfile.GFile(path) as f:
-    payload = json.load(f)
-  records = payload.get('results') if isinstance(payload, dict) else payload
-  if records is None:
-    records = [payload]
-  if not isinstance(records, list):
-    raise ValueError(f'{path}: expected {{"eps", "accuracy"}} or {{"results": [...]}}.')
-  curves: Dict[str, List[Tuple[float, float]]] = {}
-  for record in records:
-    if not isinstance(record, dict) or 'eps' not in record or 'accuracy' not in record:
-      raise ValueError(f'{path}: every record needs "eps" and "accuracy" keys, got {record!r:.200}.')
-    eps, accuracy = record['eps'], record['accuracy']
-    if isinstance(eps, (list, tuple)):
-      for name, values in accuracy.items():
-        if not isinstance(values, (list, tuple)) or len(values) != len(eps):
-          raise ValueError(f'{path}: accuracy[{name!r}] must be a list as long as "eps".')
-        curves.setdefault(name, []).extend(zip(map(float, eps), map(float, values)))
-    else:
-      for name, value in accuracy.items():
-        curves.setdefault(name, []).append((float(eps), float(value)))
-  return {name: sorted(points) for name, points in curves.items()}
-
-
-def merge_accuracy(paths: Sequence[str]) -> Dict[str, List[Tuple[float, float]]]:
-  """`read_accuracy` of several files of one model (e.g. runs at different eps), merged."""
-  merged: Dict[str, Dict[float, float]] = {}
-  for path in paths:
-    for name, points in read_accuracy(path).items():
-      merged.setdefault(name, {}).update(points)
-  return {name: sorted(points.items()) for name, points in merged.items()}
-
-
-def robustness_figure(curves: Mapping[str, Mapping[str, Sequence[Tuple[float, float]]]], *,
-                      attacks_to_plot: Optional[Sequence[str]] = None,
-                      title: Optional[str] = None, dpi: int = 100) -> Figure:
-  """Accuracy vs eps: one panel per attack, one line per model.
-
-  Args:
-    curves: model name -> attack -> [(eps, accuracy)] (see `merge_accuracy`). A model's clean
-      accuracy, if present, is drawn as the eps = 0 point of each of its attack curves.
-    attacks_to_plot: which attacks (default: every attack except 'clean' and 'worst_case').
-    title: optional figure title.
-  """
-  if not curves:
-    raise ValueError('robustness_figure needs at least one model.')
-  names = list(attacks_to_plot or sorted(
-      {a for c in curves.values() for a in c} - {'clean', 'worst_case'}))
-  if not names:
-    raise ValueError('No attack to plot: the files hold only clean accuracy.')
-  cols = min(3, len(names))
-  rows = int(math.ceil(len(names) / cols))
-  fig = new_figure(4.2 * cols, 3.3 * rows + (0.3 if title else 0), dpi)
-  axes = fig.subplots(rows, cols, squeeze=False).ravel()
-  for ax, attack in zip(axes, names):
-    for model, by_attack in curves.items():
-      points = dict(by_attack.get(attack, ()))
-      if not points:
-        continue
-      if 'clean' in by_attack and 0.0 not in points:
-        points[0.0] = by_attack['clean'][0][1]
-      eps, acc = zip(*sorted(points.items()))
-      ax.plot(eps, 100 * np.asarray(acc), marker='o', markersize=4, linewidth=1.6, label=model)
-    ax.set_title(attack, fontsize=11)
-    ax.set_xlabel('\u03b5 (L\u221e, images in [0, 1])', fontsize=9)
-    ax.set_ylabel('accuracy (%)', fontsize=9)
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=8)
-    ax.legend(fontsize=8, loc='lower left')
-  for ax in axes[len(names):]:
-    ax.set_visible(False)
-  if title:
-    fig.suptitle(title, fontsize=12)
-  return fig
-
-
-def _min_span(ax, span: float) -> None:
-  """Widens the y range to at least `span` (percentage points) so noise does not look like a trend."""
-  low, high = ax.get_ylim()
-  if high - low < span:
-    middle = (low + high) / 2
-    ax.set_ylim(middle - span / 2, middle + span / 2)
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepPoint:
-  """One run of an alpha/beta sweep: its weights and accuracies (fractions) by attack."""
-  name: str
-  alpha: float
-  beta: float
-  accuracy: Mapping[str, float]
-
-
-def sensitivity_figure(points: Sequence[SweepPoint], *, fixed_alpha: Optional[float] = None,
-                       fixed_beta: Optional[float] = None,
-                       attacks_to_plot: Optional[Sequence[str]] = None,
-                       title: Optional[str] = None, dpi: int = 100) -> Figure:
-  """Fig. 8: accuracy vs alpha at fixed beta (left) and vs beta at fixed alpha (right).
-
-  Clean accuracy is on the left axis, the accuracy under each attack on the right axis, as in
-  the paper. Weights are placed at even spacing (the sweeps are logarithmic and include 0).
-
-  Args:
-    points: the sweep (runs without AAD count as alpha = beta = 0).
-    fixed_alpha, fixed_beta: the weight held fixed in each panel (default: the most common
-      value among the points).
-    attacks_to_plot: attacks on the right axis (default: all but 'clean' and 'worst_case').
-    title: optional figure title.
-  """
-  if not points:
-    raise ValueError('sensitivity_figure needs at least one run.')
-
-  def most_common(values):
-    values = list(values)
-    return max(sorted(set(values)), key=values.count)
-
-  if fixed_beta is None:
-    fixed_beta = most_common(p.beta for p in points)
-  if fixed_alpha is None:
-    fixed_alpha = most_common(p.alpha for p in points)
-  names = list(attacks_to_plot or sorted(
-      {a for p in points for a in p.accuracy} - {'clean', 'worst_case'}))
-  fig = new_figure(10.5, 4.3 + (0.3 if title else 0), dpi)
-  axes = fig.subplots(1, 2, squeeze=False)[0]
-  legend = []
-  panels = (('alpha', 'beta', fixed_beta, '(a)'), ('beta', 'alpha', fixed_alpha, '(b)'))
-  for ax, (varied, held, value, tag) in zip(axes, panels):
-    chosen = {}
-    for p in points:
-      if math.isclose(getattr(p, held), value, rel_tol=1e-9, abs_tol=1e-12):
-        chosen[getattr(p, varied)] = p  # a later run with the same weight replaces an earlier one
-    greek = {'alpha': '\u03b1', 'beta': '\u03b2'}
-    ax.set_title(f'{tag} varying {greek[varied]} ({greek[held]} = {value:g})', fontsize=11)
-    ax.set_xlabel(greek[varied], fontsize=11)
-    ax.set_ylabel('clean accuracy (%)', fontsize=9)
-    if not chosen:
-      ax.text(0.5, 0.5, f'no runs with {held} = {value:g}', ha='center', va='center',
-              transform=ax.transAxes)
-      continue
-    weights = sorted(chosen)
-    x = np.arange(len(weights))
-    clean = [100 * chosen[w].accuracy.get('clean', np.nan) for w in weights]
-    handles = ax.plot(x, clean, color='black', marker='s', linewidth=1.8, label='clean')
-    right = ax.twinx()
-    for attack in names:
-      acc = [100 * chosen[w].accuracy.get(attack, np.nan) for w in weights]
-      handles += right.plot(x, acc, marker='o', linestyle='--', linewidth=1.4, label=attack)
-    right.set_ylabel('adversarial accuracy (%)', fontsize=9)
-    for axis, span in ((ax, 2.0), (right, 10.0)):
-      _min_span(axis, span)
-      axis.tick_params(labelsize=8)
-    ax.set_xticks(x, [f'{w:g}' for w in weights])
-    ax.set_xlim(-0.3, len(weights) - 0.7)
-    ax.grid(alpha=0.3)
-    legend = handles
-  if legend:
-    fig.legend(legend, [h.get_label() for h in legend], loc='outside lower center',
-               ncol=len(legend), fontsize=9, frameon=False)
-  if title:
-    fig.suptitle(title, fontsize=12)
-  return fig
-
-
-def sweep_point(run_dir: str, eval_file: str = 'eval.json') -> SweepPoint:
-  """A run of an alpha/beta sweep from its config.json and eval.json (no AAD: alpha = beta = 0)."""
-  def read(name):
-    path = os.path.join(run_dir, name)
-    if not tf.io.gfile.exists(path):
-      raise ValueError(f'{path} not found; every sweep run needs config.json and {eval_file}.')
-    with tf.io.gfile.GFile(path) as f:
-      return json.load(f)
-
-  defense = read('config.json').get('defense', {})
-  aad = bool(defense.get('aad', False))
-  accuracy = read(eval_file).get('accuracy')
-  if not isinstance(accuracy, dict):
-    raise ValueError(f'{os.path.join(run_dir, eval_file)} has no "accuracy" mapping.')
-  return SweepPoint(os.path.basename(run_dir.rstrip('/')),
-                    float(defense.get('alpha', 0.0)) if aad else 0.0,
-                    float(defense.get('beta', 0.0)) if aad else 0.0,
-                    {k: float(v) for k, v in accuracy.items()})
-
-
-def accuracy_file(run_dir: str) -> str:
-  """A run's accuracy file: robustness.json if present, else eval.json."""
-  for name in ('robustness.json', 'eval.json'):
-    path = os.path.join(run_dir, name)
-    if tf.io.gfile.exists(path):
-      return path
-  raise ValueError(f'{run_dir} has neither robustness.json nor eval.json.')
