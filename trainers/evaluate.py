@@ -32,8 +32,8 @@ from absl import flags
 from absl import logging
 
 from aad_tf import data as data_lib
-from aad_tf.evaluation import diagnostics as diagnostics_lib
 from aad_tf import evaluation
+from aad_tf.evaluation import diagnostics as diagnostics_lib
 from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import models

@@ -26,8 +26,8 @@ from aad_tf import defense as defense_lib
 from aad_tf import distribute
 from aad_tf import evaluation
 from aad_tf import export as export_lib
-from aad_tf import files
 from aad_tf import figures
+from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import model_card
 from aad_tf import models

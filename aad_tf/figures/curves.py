@@ -97,7 +97,7 @@ def robustness_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[float, fl
 
 
 def _min_span(ax, span: float) -> None:
-  """Widens the y range to at least `span` percentage points, so noise does not look like a trend."""
+  """Widens the y range to at least `span` percentage points: noise must not look like a trend."""
   low, high = ax.get_ylim()
   if high - low < span:
     middle = (low + high) / 2
