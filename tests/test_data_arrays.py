@@ -134,7 +134,8 @@ def _with(**changes):
 @pytest.mark.parametrize('raw, message', [
     (_with(y_test=None), r"missing arrays \['y_test'\]"),
     (_with(x_train=np.zeros((NUM_TRAIN, 28, 28), np.float32)), 'x_train has dtype float32'),
-    (_with(x_test=np.zeros((NUM_TEST, 32, 32, 3), np.uint8)), r'x_test has shape \(13, 32, 32, 3\)'),
+    (_with(x_test=np.zeros((NUM_TEST, 32, 32, 3), np.uint8)),
+     r'x_test has shape \(13, 32, 32, 3\)'),
     (_with(y_train=np.zeros(NUM_TRAIN - 1, np.uint8)), 'y_train has shape'),
     (_with(y_train=np.full(NUM_TRAIN, 0.5)), 'y_train has dtype float64'),
     (_with(y_test=np.full(NUM_TEST, 10, np.uint8)), r'labels in \[10, 10\]'),
