@@ -7,11 +7,10 @@ uint8, a quarter of the float32 size (CIFAR-10's train split: 154 MB, not
 and reading an `Arrays` image array (`UnitImages`) scales what is read, so
 every consumer sees the same float32 values as `x.astype(np.float32) / 255`.
 
-Where the data comes from (`load_arrays(..., source=...)`), all within one
-directory `data_dir` (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets):
-
-The registry entry's loader reads the data (`registry.DatasetInfo.loader`); for MNIST and
-CIFAR-10 that is `load_local`, which reads
+`load_arrays(name, ...)` calls the loader of the dataset's registry entry and checks what it
+returns against the entry. For MNIST and CIFAR-10 the loader is `load_local`, which reads, all
+within one directory `data_dir` (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets), by
+`source`:
 
 * 'npz': the file `<data_dir>/<name>.npz` holding the uint8 arrays `x_train`,
   `y_train`, `x_test`, `y_test` (raw 0-255 pixels, integer labels). This is the
