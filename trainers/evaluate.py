@@ -64,8 +64,8 @@ def define_flags() -> None:
                     ' (also fab_t, autoattack, pgd<k>, cw<k>, pgd<k>_r<n>, cw<k>_r<n>, '
                     'iter_stepll<k>).')
   flags.DEFINE_float('eps', None,
-                     'L-inf radius in [0, 1] (default: the run\'s --eval_eps, else 0.3 MNIST, '
-                     '8/255 CIFAR-10, 16/255 ImageNet).')
+                     "L-inf radius in [0, 1] (default: the run's --eval_eps, else the dataset's "
+                     'eval_eps, aad_tf/data/catalog.py).')
   flags.DEFINE_integer('batch_size', 500, 'Evaluation batch size.', lower_bound=1)
   flags.DEFINE_integer('eval_offset', 0,
                        'Index of the first test example (a multiple of --batch_size): '

@@ -120,7 +120,7 @@ def define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_list('eval_attacks', ['clean', 'fgsm', 'pgd20'],
                     'Closing evaluation attacks (names as in trainers.evaluate --attacks).')
-  flags.DEFINE_float('eval_eps', None, 'Evaluation eps (default: 0.3 MNIST, 8/255 CIFAR-10).',
+  flags.DEFINE_float('eval_eps', None, "Evaluation eps (default: the dataset's eval_eps).",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('eval_batch_size', 500, 'Evaluation batch size.', lower_bound=1)
   flags.DEFINE_bool('export', True, 'Export the classifier after training.')
