@@ -118,12 +118,12 @@ class TrainConfig:
       if value is None or value <= 0 or (integer and int(value) != value):
         kind = 'a positive integer' if integer else 'positive'
         raise ValueError(f'{name} must be {kind}, got {value!r}.')
+    info = data_lib.get_info(self.dataset)
     models.get_spec(self.model)
     if self.data_source not in ('auto', 'npz', 'tfds'):
       raise ValueError(f"data_source must be 'auto', 'npz' or 'tfds', got {self.data_source!r}.")
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.')
-    info = data_lib.get_info(self.dataset)
     augmentations = info.augmentations
     if self.augment not in augmentations:
       raise ValueError(f'augment must be one of {augmentations} for {self.dataset}, got '
