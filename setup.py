@@ -34,7 +34,7 @@ setuptools.setup(
         'matplotlib>=3.8,<4',
     ],
     extras_require={
-        # Every module the tests import (tests/test_analysis.py's LIME tests skip without the
+        # Every module the tests import (tests/test_analysis_*.py's LIME tests skip without the
         # analysis extra).
         'test': ['pytest>=8,<10', 'pillow>=10,<14'],
         'analysis': ['lime>=0.2.0.1,<0.3', 'scikit-image>=0.22,<0.27'],

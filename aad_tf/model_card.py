@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 import tensorflow as tf
 
 from aad_tf import data as data_lib
+from aad_tf import files
 from aad_tf import models
 
 CARD_NAME = 'MODEL_CARD.md'
@@ -245,8 +246,5 @@ def write(model_dir: str, output_dir: str, *, commit: Optional[str] = None) -> T
   info_path = os.path.join(output_dir, INFO_NAME)
   for path, text in ((card_path, render(info)),
                      (info_path, json.dumps(info, indent=2, sort_keys=True, default=str) + '\n')):
-    tmp = path + '.tmp'
-    with tf.io.gfile.GFile(tmp, 'w') as f:
-      f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    files.write_text(path, text)
   return card_path, info_path

@@ -28,6 +28,7 @@ from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defense as defense_lib
 from aad_tf import distribute
+from aad_tf import files
 from aad_tf import models
 from aad_tf import summaries
 
@@ -49,7 +50,7 @@ class TrainConfig:
 
   Attributes:
     model_dir: where the run writes (checkpoints, summaries, export, evaluation).
-    dataset: 'mnist' or 'cifar10'.
+    dataset: a registered dataset (`data.available_datasets()`).
     data_dir: where local data lives (`<dataset>.npz` or a prepared TFDS directory).
     data_source: 'auto', 'npz' or 'tfds'.
     download: allow a TFDS download.
@@ -117,22 +118,20 @@ class TrainConfig:
       if value is None or value <= 0 or (integer and int(value) != value):
         kind = 'a positive integer' if integer else 'positive'
         raise ValueError(f'{name} must be {kind}, got {value!r}.')
-    data_lib.get_info(self.dataset)
+    info = data_lib.get_info(self.dataset)
     models.get_spec(self.model)
     if self.data_source not in ('auto', 'npz', 'tfds'):
       raise ValueError(f"data_source must be 'auto', 'npz' or 'tfds', got {self.data_source!r}.")
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.')
-    streamed = self.dataset in data_lib.STREAMED_DATASETS
-    augmentations = data_lib.IMAGENET_AUGMENTATIONS if streamed else data_lib.AUGMENTATIONS
+    augmentations = info.augmentations
     if self.augment not in augmentations:
       raise ValueError(f'augment must be one of {augmentations} for {self.dataset}, got '
                        f'{self.augment!r}.')
     if self.image_size is not None:
-      if not streamed:
-        raise ValueError(f'image_size applies to streamed datasets '
-                         f'({data_lib.STREAMED_DATASETS}); {self.dataset} images are '
-                         f'{self.info.image_shape}.')
+      if not info.streamed:
+        raise ValueError(f'image_size applies to streamed datasets only; '
+                         f'{self.dataset} images are {info.image_shape}.')
       positive('image_size', integer=True)
     if self.pretrained_weights and 'pretrained_weights' not in inspect.signature(
         models.get_spec(self.model).builder).parameters:
@@ -304,58 +303,7 @@ def record_config_change(model_dir: str, step: int, differences: Dict[str, Tuple
   history.append({'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'step': step,
                   'changes': {name: {'from': old, 'to': new}
                               for name, (old, new) in differences.items()}})
-  write_json(path, history)
-
-
-def write_json(path: str, payload: Dict[str, Any]) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=str)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-class TrainingData:
-  """Where a run's training batches come from: in-memory Arrays, or a stream (ImageNet).
-
-  Args:
-    config: the run.
-    arrays: the dataset if already loaded (in-memory datasets only); else it is loaded from
-      config.data_dir, or, for streamed datasets, `data.imagenet_builder` opens (and if needed
-      prepares, offline) the TFDS directory.
-  """
-
-  def __init__(self, config: TrainConfig, arrays: Optional[data_lib.Arrays] = None):
-    self.config = config
-    self.arrays = None
-    self.builder = None
-    if config.dataset in data_lib.STREAMED_DATASETS:
-      if arrays is not None:
-        raise ValueError(f'{config.dataset} is streamed; pass no arrays.')
-      self.builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
-      self.num_train = int(self.builder.info.splits['train'].num_examples)
-    else:
-      self.arrays = arrays if arrays is not None else data_lib.load_arrays(
-          config.dataset, data_dir=config.data_dir, source=config.data_source,
-          download=config.download)
-      self.num_train = self.arrays.num_train
-
-  def distributed(self, strategy: tf.distribute.Strategy, *, start_step: int, num_steps: int):
-    """Global batches [start_step, start_step + num_steps), split over the replicas for fit."""
-    c = self.config
-    if self.builder is not None:
-      def replica_batches(context):
-        return data_lib.imagenet_train_dataset(
-            self.builder, batch_size=c.batch_size, seed=c.seed, num_steps=num_steps,
-            start_step=start_step, image_size=c.image_shape[0], augment=c.augment,
-            input_context=context)
-      return distribute.distribute_replica_batches(strategy, replica_batches,
-                                                   global_batch_size=c.batch_size)
-    return distribute.distribute_batches(
-        strategy, lambda: data_lib.train_dataset(
-            self.arrays, batch_size=c.batch_size, seed=c.seed, start_step=start_step,
-            num_steps=num_steps, augment=c.augment),
-        global_batch_size=c.batch_size)
+  files.write_json(path, history)
 
 
 class ProgressLog(keras.callbacks.Callback):
@@ -406,7 +354,8 @@ def format_duration(seconds: float) -> str:
   return f'{seconds}s'
 
 
-def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
+def train(config: TrainConfig,
+          data: 'data_lib.TrainingData | data_lib.Arrays | None' = None,
           callbacks=(), strategy: Optional[tf.distribute.Strategy] = None, *,
           allow_config_change: bool = False, run_files: Optional[Dict[str, str]] = None,
           progress: Optional[str] = None) -> defense_lib.AADModel:
@@ -414,8 +363,8 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
 
   Args:
     config: the run.
-    arrays: the dataset, if already loaded (else loaded from config.data_dir; ImageNet is
-      streamed instead, see `TrainingData`).
+    data: the run's data (`data.training_data(config)`) or its Arrays, if already loaded; else
+      `data.training_data` opens it (in memory or streamed, as the dataset's registry entry says).
     callbacks: extra Keras callbacks. Unless one is a `summaries.TrainSummaries` (trainers/main.py
       passes one that also draws activation maps), scalars are written every
       `config.log_every` steps to `<model_dir>/tensorboard`.
@@ -459,7 +408,7 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
   if config.deterministic:
     distribute.enable_determinism(config.seed)
   keras.utils.set_random_seed(config.seed)
-  source = TrainingData(config, arrays)
+  source = data_lib.training_data(config, data)
   logging.info('Strategy: %s.', distribute.describe(strategy))
   model = build_model(config, source.num_train, strategy)
   with distribute.worker_scratch_dir(strategy, checkpoint_dir) as write_dir:
@@ -485,9 +434,9 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
         logging.warning('Continuing %s at step %d with a changed configuration (recorded in '
                         '%s): %s.', config.model_dir, start, CONFIG_CHANGES,
                         ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in differences.items()))
-      write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+      files.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
       for name, text in (run_files or {}).items():
-        write_text(os.path.join(config.model_dir, name), text)
+        files.write_text(os.path.join(config.model_dir, name), text)
     if start >= total:
       logging.info('Run already complete (step %d of %d).', start, total)
       return model
@@ -526,14 +475,6 @@ def train(config: TrainConfig, arrays: Optional[data_lib.Arrays] = None,
         break
     logging.info('Trained %d steps in %.1f s.', step - start, time.time() - started)
   return model
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes a text file atomically (temporary file, then rename)."""
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------

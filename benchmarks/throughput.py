@@ -135,17 +135,13 @@ def make_batch(info, batch_size: int):
   return tf.constant(x), tf.constant(y)
 
 
-def default_eps(info) -> float:
-  return 0.3 if info.name == 'mnist' else 8 / 255
-
-
 def build_trainer(model_name: str, variant: str, info) -> defense_lib.AADModel:
   defense, _, aad = variant.partition('_')
   aad, _, mode = aad.partition('_')
   defense = 'none' if defense == 'raw' else defense
   classifier = models.get_model(model_name, input_shape=info.image_shape,
                                 num_classes=info.num_classes)
-  eps = default_eps(info)
+  eps = info.eval_eps  # the registry entry's evaluation budget
   config = defense_lib.DefenseConfig(
       defense=defense, aad=aad == 'aad', attention_mode=mode or 'inference',
       attack=defense_lib.AttackConfig(eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps))
@@ -221,7 +217,7 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   features = gradcam_lib.FeatureModel(classifier, models.get_spec(model_name).gradcam_layer)
   cam_fn = tf.function(lambda images, labels: gradcam_lib.gradcam(features.fn(), images, labels)[0])
   model_fn = lambda images: classifier(images, training=False)
-  eps = default_eps(info)
+  eps = info.eval_eps  # the registry entry's evaluation budget
   pgd_fn = tf.function(lambda images, labels: attacks.pgd(
       model_fn, images, labels, eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps))
   fwd_fn = tf.function(lambda images: model_fn(images))

@@ -19,6 +19,7 @@ from absl import app
 from aad_tf import checkpointing
 from aad_tf import defense as defense_lib
 from aad_tf import export as export_lib
+from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import training
 from trainers import export as export_binary
@@ -62,7 +63,7 @@ def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp('export')
   config = training.TrainConfig(model_dir=str(root / 'run'))
   tf.io.gfile.makedirs(config.model_dir)
-  training.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+  files.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
   keras.utils.set_random_seed(3)
   classifier, layer = training.build_classifier(config)
   optimizer = training.build_optimizer(config)
@@ -223,7 +224,7 @@ def test_overwrite_renames_the_old_version_aside_first(exported, tmp_path, monke
 def test_export_binary_falls_back_from_a_corrupt_latest_checkpoint(tmp_path):
   config = training.TrainConfig(model_dir=str(tmp_path / 'run'))
   tf.io.gfile.makedirs(config.model_dir)
-  training.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+  files.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
   classifier, _ = training.build_classifier(config)
   optimizer = training.build_optimizer(config)
   optimizer.build(classifier.trainable_variables)

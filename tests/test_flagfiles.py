@@ -126,7 +126,7 @@ def test_flagfile_parses_and_builds(dataset, row, tmp_path, monkeypatch, fake_im
   else:
     arrays = fake_arrays(config.info)
   config = dataclasses.replace(config, **small)
-  source = training.TrainingData(config, arrays)
+  source = data_lib.TrainingData(config, arrays)
   model = training.build_model(config, source.num_train)
   x, y = next(iter(source.distributed(tf.distribute.get_strategy(), start_step=0,
                                       num_steps=1)))

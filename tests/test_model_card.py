@@ -6,6 +6,7 @@ import os
 import pytest
 
 from aad_tf import defense
+from aad_tf import files
 from aad_tf import model_card
 from aad_tf import training
 
@@ -13,7 +14,7 @@ from aad_tf import training
 def write_run(tmp_path, **changes):
   config = training.TrainConfig(model_dir=str(tmp_path / 'cifar_run'), **changes)
   os.makedirs(config.model_dir)
-  training.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+  files.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
   return config.model_dir
 
 
@@ -45,11 +46,11 @@ def test_without_robustness_json_every_robust_number_is_not_evaluated(tmp_path):
 
 def test_robustness_json_fills_the_robustbench_fields(tmp_path):
   model_dir = cifar_run(tmp_path)
-  training.write_json(os.path.join(model_dir, 'robustness.json'), {
+  files.write_json(os.path.join(model_dir, 'robustness.json'), {
       'eps': 8 / 255, 'num_examples': 500, 'first_example': 0, 'seed': 0,
       'accuracy': {'clean': 0.8123, 'autoattack': 0.40456, 'pgd20': 0.45, 'worst_case': 0.4},
       'attacks': {'autoattack': {'version': 'standard'}}, 'gradient_masking_suspected': False})
-  training.write_json(os.path.join(model_dir, 'eval.json'), {
+  files.write_json(os.path.join(model_dir, 'eval.json'), {
       'eps': 8 / 255, 'num_examples': 200, 'accuracy': {'clean': 0.8, 'pgd20': 0.5}})
   card_path, info_path = model_card.write(model_dir, str(tmp_path / 'export' / '1'),
                                           commit='abc123')
@@ -70,7 +71,7 @@ def test_robustness_json_fills_the_robustbench_fields(tmp_path):
 
 def test_robustness_json_without_autoattack_says_so(tmp_path):
   model_dir = write_run(tmp_path)  # MNIST LeNet defaults
-  training.write_json(os.path.join(model_dir, 'robustness.json'), {
+  files.write_json(os.path.join(model_dir, 'robustness.json'), {
       'eps': 0.3, 'num_examples': 100, 'accuracy': {'clean': 0.99, 'pgd20': 0.9,
                                                     'worst_case': 0.9}})
   info = model_card.model_info(model_dir, commit=None)
@@ -85,7 +86,7 @@ def test_robustness_json_without_autoattack_says_so(tmp_path):
                                    {'versions': {'autoattack': 'standard-1'}}])
 def test_autoattack_version_is_read_where_robustness_json_keeps_it(tmp_path, where):
   model_dir = write_run(tmp_path)
-  training.write_json(os.path.join(model_dir, 'robustness.json'), {
+  files.write_json(os.path.join(model_dir, 'robustness.json'), {
       'eps': 0.3, 'num_examples': 10, 'accuracy': {'clean': 1.0, 'autoattack': 0.5}, **where})
   info = model_card.model_info(model_dir, commit='x')
   assert (info['autoattack_acc'], info['autoattack_version']) == ('50.00', 'standard-1')

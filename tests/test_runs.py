@@ -18,6 +18,7 @@ from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defense
 from aad_tf import export as export_lib
+from aad_tf import files
 from aad_tf import runs
 from aad_tf import training
 from trainers import export as export_binary
@@ -108,7 +109,7 @@ def test_missing_weights_are_value_errors(tmp_path):
   with pytest.raises(ValueError, match='config.json not found'):
     runs.load_classifier(config.model_dir)
   os.makedirs(config.model_dir)
-  training.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
+  files.write_json(os.path.join(config.model_dir, 'config.json'), config.to_json())
   with pytest.raises(ValueError, match='Neither a checkpoint'):
     runs.load_classifier(config.model_dir)
   with pytest.raises(ValueError, match='model.keras does not exist'):

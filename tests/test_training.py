@@ -1,4 +1,5 @@
-"""training.train: a resumed run uses the configured constant learning rate, not the checkpoint's."""
+"""aad_tf.training: a resumed run uses the configured constant learning rate, not the checkpoint's;
+initial_classifier is the run's step 0."""
 
 import numpy as np
 
@@ -19,3 +20,16 @@ def test_resume_applies_the_configured_learning_rate(tmp_path):
   resumed = training.train(training.TrainConfig(train_steps=2, learning_rate=1e-4, **base), arrays)
   assert int(resumed.optimizer.iterations.numpy()) == 2
   np.testing.assert_allclose(float(resumed.optimizer.learning_rate.numpy()), 1e-4, rtol=1e-6)
+
+
+def test_initial_classifier_is_the_runs_step_zero(tmp_path, shared_data_dir):
+  config = training.TrainConfig(
+      model_dir=str(tmp_path / 'run'), data_dir=str(shared_data_dir), batch_size=8, train_steps=1,
+      learning_rate=1e-9, defense=defense.DefenseConfig(defense='none'))
+  arrays = data_lib.load_arrays('mnist', data_dir=str(shared_data_dir))
+  training.train(config, arrays)
+  trained, _, step = training.restore_classifier(training.load_config(config.model_dir))
+  initial, _ = training.initial_classifier(config)
+  assert step == 1
+  for a, b in zip(trained.get_weights(), initial.get_weights()):
+    np.testing.assert_allclose(a, b, atol=1e-6)  # one Adam step of 1e-9

@@ -11,8 +11,8 @@ r"""The paper's Sec. 3 attention data analysis of a trained model on images with
 Keeps the correctly classified images (I_att), attacks each with StepLL at --eps, splits them into
 I_succeed / I_fail and writes to --output_dir: analysis.json (every table, per model),
 analysis.md (the tables in the paper's layout), records.npz (per-example values) and figures
-(fig1_gradcam.png, fig2_rounds.png, fig3_lime.png, fig_compare.png). See aad_tf/analysis.py for
-the definitions (grids, IoU, kappa) and aad_tf/imagenet_boxes.py for the ImageNet file layout.
+(fig1_gradcam.png, fig2_rounds.png, fig3_lime.png, fig_compare.png). See aad_tf/analysis/ for
+the definitions (grids, IoU, kappa) and aad_tf/data/imagenet_boxes.py for the ImageNet file layout.
 
 A --model_dir is a run of trainers.main on images with boxes (boxed_mnist): its config.json names
 the dataset and backbone; the weights are the newer of export/model.keras and the latest
@@ -20,7 +20,7 @@ checkpoint (aad_tf/runs.py). With --model,
 --pretrained_weights is a whole .keras model or a weights file (the ImageNet backbones load it
 themselves: a whole InceptionV3 as in the paper's analysis; resnet50's file holds only its
 backbone, so it needs a trained run instead). --dataset=imagenet reads the validation images and
-box XML files from --imagenet_dir (layout: aad_tf/imagenet_boxes.py), not the TFDS pipeline.
+box XML files from --imagenet_dir (layout: aad_tf/data/imagenet_boxes.py), not the TFDS pipeline.
 """
 
 import inspect
@@ -35,10 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from aad_tf import analysis
-from aad_tf import analysis_figures
-from aad_tf import boxed_digits
 from aad_tf import data as data_lib
-from aad_tf import imagenet_boxes
+from aad_tf.data import boxed_mnist
+from aad_tf.data import imagenet_boxes
 from aad_tf import models
 from aad_tf import runs
 from aad_tf import training
@@ -46,14 +45,10 @@ from trainers import flagfiles
 
 FLAGS = flags.FLAGS
 
-DATASETS = ('boxed_mnist', 'imagenet')
-# StepLL's eps when --eps is unset. ImageNet: 16/255, the paper's ImageNet budget (Sec. 5.1) and
-# Tramer et al.'s StepLL setting. Boxed MNIST: 0.1, a third of the MNIST budget, at which StepLL
-# flips part of an undefended LeNet's I_att and not all of it, so both subsets have members.
-DEFAULT_EPS = {'imagenet': 16 / 255, 'boxed_mnist': 0.1}
-# LIME's superpixels when --lime_segmentation is unset: LIME's own quickshift for photographs;
-# on 64x64 digit canvases quickshift makes about 4 superpixels, so SLIC (about 64).
-DEFAULT_SEGMENTATION = {'imagenet': 'quickshift', 'boxed_mnist': 'slic'}
+# The datasets with bounding boxes; each registry entry holds its analysis_stepll_eps and
+# analysis_segmentation (the defaults of --eps and --lime_segmentation; aad_tf/data/catalog.py).
+DATASETS = tuple(name for name in data_lib.available_datasets()
+                 if data_lib.get_info(name).analyzable)
 
 
 def define_flags() -> None:
@@ -76,7 +71,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_examples', None,
                        'Analyse the first N images (default: the boxed_mnist test split, 2000; '
                        'all annotated ImageNet images).', lower_bound=1)
-  flags.DEFINE_float('eps', None, 'StepLL eps (default: 16/255 imagenet, 0.1 boxed_mnist).',
+  flags.DEFINE_float('eps', None, "StepLL eps (default: the dataset's analysis_stepll_eps).",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_enum('kappa_mode', 'equal_area', list(analysis.KAPPA_MODES),
                     'Att threshold for Tables 1-2: equal_area (the paper), mean, or fixed.')
@@ -93,7 +88,7 @@ def define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_integer('lime_samples', 1000, "LIME's samples per explanation.", lower_bound=1)
   flags.DEFINE_enum('lime_segmentation', None, list(analysis.SEGMENTATIONS),
-                    'LIME superpixels (default: quickshift imagenet, slic boxed_mnist).')
+                    "LIME superpixels (default: the dataset's analysis_segmentation).")
   flags.DEFINE_integer('lime_segments', 64, 'About how many SLIC superpixels.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 100, 'Images per compiled call.', lower_bound=1)
   flags.DEFINE_integer('figure_examples', 3, 'Flipped and held examples per figure.',
@@ -168,12 +163,13 @@ def main(argv):
     raise app.UsageError('--output_dir is required with --model.')
   try:
     config = analysis.AnalysisConfig(
-        eps=FLAGS.eps if FLAGS.eps is not None else DEFAULT_EPS[dataset],
+        eps=FLAGS.eps if FLAGS.eps is not None else data_lib.get_info(dataset).analysis_stepll_eps,
         kappa_mode=FLAGS.kappa_mode, kappa=FLAGS.kappa, grid=FLAGS.grid or None,
         cells=int_list('cells'), adv_cam_label=FLAGS.adv_cam_label,
         lime_features=int_list('lime_features'), lime_examples=FLAGS.lime_examples,
         lime_samples=FLAGS.lime_samples,
-        lime_segmentation=FLAGS.lime_segmentation or DEFAULT_SEGMENTATION[dataset],
+        lime_segmentation=(FLAGS.lime_segmentation or
+                           data_lib.get_info(dataset).analysis_segmentation),
         lime_segments=FLAGS.lime_segments, batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   except ValueError as e:
     raise app.UsageError(f'Invalid flags: {e}') from e
@@ -189,9 +185,10 @@ def main(argv):
       mnist = data_lib.load_arrays('mnist', data_dir=FLAGS.data_dir, source=FLAGS.data_source)
     except data_lib.DataNotFoundError as e:
       raise app.UsageError(f'boxed_mnist is drawn from MNIST; set --data_dir. {e}') from e
-    count = min(FLAGS.num_examples or boxed_digits.NUM_TEST, boxed_digits.NUM_TEST)
-    x, y, boxes = boxed_digits.draw_split(mnist, 'test', num_examples=count, seed=FLAGS.seed)
-    input_shape, num_classes, class_names = x.shape[1:], 10, [str(d) for d in range(10)]
+    count = min(FLAGS.num_examples or boxed_mnist.NUM_TEST, boxed_mnist.NUM_TEST)
+    x, y, boxes = boxed_mnist.draw_split(mnist, 'test', num_examples=count, seed=FLAGS.seed)
+    info = data_lib.get_info(dataset)
+    input_shape, num_classes, class_names = x.shape[1:], info.num_classes, list(info.class_names)
 
     def batches():
       for start in range(0, count, config.batch_size):
@@ -200,7 +197,7 @@ def main(argv):
   else:
     if not FLAGS.imagenet_dir:
       raise app.UsageError('--dataset=imagenet needs --imagenet_dir (layout: '
-                           'aad_tf/imagenet_boxes.py).')
+                           'aad_tf/data/imagenet_boxes.py).')
     try:
       annotations = imagenet_boxes.read_annotations(FLAGS.imagenet_dir,
                                                     num_examples=FLAGS.num_examples)
@@ -248,26 +245,26 @@ def write_figures(result, analyzed, output_dir, class_names):
   primary = analyzed[0]
   examples = result.examples
   if examples['flipped'] or examples['held']:
-    fig = analysis_figures.attention_figure(examples, primary.name, class_names=class_names)
-    written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig1_gradcam.png')))
+    fig = analysis.figures.attention_figure(examples, primary.name, class_names=class_names)
+    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig1_gradcam.png')))
     chosen = examples['flipped'][:2] + examples['held'][:1]
     images = np.stack([e['x'] for e in chosen])
     labels = np.array([e['label'] for e in chosen])
     rounds = analysis.attack_rounds(primary, images, labels, eps=result.config.eps,
                                     num_rounds=FLAGS.attack_rounds)
-    fig = analysis_figures.rounds_figure(
+    fig = analysis.figures.rounds_figure(
         images, [e['boxes'] for e in chosen], labels, rounds, class_names=class_names,
         title=f'{primary.name}: Grad-CAM over Iter-StepLL rounds (eps {result.config.eps:.3g})')
-    written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig2_rounds.png')))
+    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig2_rounds.png')))
     if len(analyzed) > 1:
-      fig = analysis_figures.comparison_figure(examples, [m.name for m in analyzed],
+      fig = analysis.figures.comparison_figure(examples, [m.name for m in analyzed],
                                                class_names=class_names)
-      written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig_compare.png')))
+      written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig_compare.png')))
   lime = result.lime_examples
   if lime['flipped'] or lime['held']:
-    fig = analysis_figures.lime_figure(lime, result.config.lime_features[0],
+    fig = analysis.figures.lime_figure(lime, result.config.lime_features[0],
                                        class_names=class_names)
-    written.append(analysis_figures.save(fig, os.path.join(output_dir, 'fig3_lime.png')))
+    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig3_lime.png')))
   return [os.path.basename(path) for path in written]
 
 

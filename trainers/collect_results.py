@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from aad_tf import results
+from aad_tf.evaluation import results
 from trainers import cli
 
 FLAGS = flags.FLAGS

@@ -26,7 +26,7 @@ def define_common_flags() -> None:
   flags.DEFINE_enum('data_source', 'auto', ['auto', 'npz', 'tfds'],
                     'Where to read data: auto tries <dataset>.npz, then a prepared TFDS dir.')
   flags.DEFINE_bool('download', False, 'Allow a TFDS download (needs internet).')
-  flags.DEFINE_enum('dataset', 'mnist', sorted(data_lib.DATASETS), 'Dataset name.')
+  flags.DEFINE_enum('dataset', 'mnist', list(data_lib.available_datasets()), 'Dataset name.')
   flags.DEFINE_string('model_dir', None, 'Run directory: checkpoints, summaries, export, eval.')
   flags.DEFINE_integer('train_steps', None, 'Total training steps; overrides --epochs.',
                        lower_bound=1)

@@ -14,8 +14,8 @@ attacks and `adaptive`) are skipped and listed as such.
 
 Writes robustness.json and robustness.md into --output_dir (default: the run directory, or the
 directory holding the SavedModel) and prints the Markdown tables. Attack names: see
-aad_tf/evaluation.py; the default runs the whole suite. Gradient-masking diagnostics
-(aad_tf/diagnostics.py) run after the attacks unless --nodiagnostics.
+aad_tf/evaluation/; the default runs the whole suite. Gradient-masking diagnostics
+(aad_tf/evaluation/diagnostics.py) run after the attacks unless --nodiagnostics.
 """
 
 import os
@@ -32,12 +32,12 @@ from absl import flags
 from absl import logging
 
 from aad_tf import data as data_lib
-from aad_tf import diagnostics as diagnostics_lib
 from aad_tf import evaluation
+from aad_tf.evaluation import diagnostics as diagnostics_lib
+from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf import runs
-from aad_tf import training
 from trainers import common_flags
 from trainers import flagfiles
 
@@ -64,8 +64,8 @@ def define_flags() -> None:
                     ' (also fab_t, autoattack, pgd<k>, cw<k>, pgd<k>_r<n>, cw<k>_r<n>, '
                     'iter_stepll<k>).')
   flags.DEFINE_float('eps', None,
-                     'L-inf radius in [0, 1] (default: the run\'s --eval_eps, else 0.3 MNIST, '
-                     '8/255 CIFAR-10, 16/255 ImageNet).')
+                     "L-inf radius in [0, 1] (default: the run's --eval_eps, else the dataset's "
+                     'eval_eps, aad_tf/data/catalog.py).')
   flags.DEFINE_integer('batch_size', 500, 'Evaluation batch size.', lower_bound=1)
   flags.DEFINE_integer('eval_offset', 0,
                        'Index of the first test example (a multiple of --batch_size): '
@@ -205,7 +205,7 @@ def main(argv):
                          f'{source.dataset}.')
   eps = FLAGS.eps
   if eps is None:
-    eps = source.eps if source.eps is not None else evaluation.DEFAULT_EPS[source.dataset]
+    eps = source.eps if source.eps is not None else data_lib.get_info(source.dataset).eval_eps
   seed = FLAGS.seed if (FLAGS['seed'].present or source.seed is None) else source.seed
   gradcam_normalize = FLAGS.gradcam_normalize or source.gradcam_normalize or 'none'
   try:
@@ -257,7 +257,7 @@ def main(argv):
                  'adaptive_num_steps', 'adaptive_weight', 'diagnostic_examples', 'sweep_steps',
                  'curve_steps', 'batch_size')}},
              **report.to_json()}
-  training.write_json(os.path.join(output_dir, 'robustness.json'), payload)
+  files.write_json(os.path.join(output_dir, 'robustness.json'), payload)
   header = (f'# Robustness of {row_name}\n\n{source.dataset}, eps {eps:.4f}, '
             f'{report.num_examples} test examples, seed {seed}, {wall_time:.0f} s.\n'
             f'Accuracy (%) per attack; worst_case = correct under every attack.\n\n')

@@ -27,6 +27,7 @@ from aad_tf import distribute
 from aad_tf import evaluation
 from aad_tf import export as export_lib
 from aad_tf import figures
+from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import model_card
 from aad_tf import models
@@ -119,7 +120,7 @@ def define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_list('eval_attacks', ['clean', 'fgsm', 'pgd20'],
                     'Closing evaluation attacks (names as in trainers.evaluate --attacks).')
-  flags.DEFINE_float('eval_eps', None, 'Evaluation eps (default: 0.3 MNIST, 8/255 CIFAR-10).',
+  flags.DEFINE_float('eval_eps', None, "Evaluation eps (default: the dataset's eval_eps).",
                      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('eval_batch_size', 500, 'Evaluation batch size.', lower_bound=1)
   flags.DEFINE_bool('export', True, 'Export the classifier after training.')
@@ -197,7 +198,9 @@ def model_from_flags() -> str:
 
 
 def eval_eps() -> float:
-  return FLAGS.eval_eps if FLAGS.eval_eps is not None else evaluation.DEFAULT_EPS[FLAGS.dataset]
+  if FLAGS.eval_eps is not None:
+    return FLAGS.eval_eps
+  return data_lib.get_info(FLAGS.dataset).eval_eps  # the registry entry's evaluation budget
 
 
 def summary_callback(config: training.TrainConfig, arrays: data_lib.Arrays
@@ -246,36 +249,15 @@ def create_strategy():
   return strategy  # training.train logs it
 
 
-def imagenet_sample(config: training.TrainConfig, num: int) -> data_lib.Arrays:
-  """The first `num` ImageNet validation images in memory (as both splits), for summaries."""
-  builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
-  x, y = next(iter(data_lib.imagenet_eval_dataset(
-      builder, batch_size=num, num_examples=num, image_size=config.image_shape[0])))
-  x, y = x.numpy(), y.numpy()
-  return data_lib.Arrays(x_train=x, y_train=y, x_test=x, y_test=y)
-
-
-def closing_eval_dataset(config: training.TrainConfig, arrays: Optional[data_lib.Arrays]):
-  if arrays is None:
-    builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
-    return data_lib.imagenet_eval_dataset(builder, batch_size=FLAGS.eval_batch_size,
-                                          num_examples=FLAGS.eval_examples,
-                                          image_size=config.image_shape[0])
-  return data_lib.eval_dataset(arrays, batch_size=FLAGS.eval_batch_size,
-                               num_examples=FLAGS.eval_examples)
-
-
-def check_eval_examples(config: training.TrainConfig, arrays: Optional[data_lib.Arrays]) -> None:
+def check_eval_examples(config: training.TrainConfig,
+                        source: Optional[data_lib.TrainingData]) -> None:
   """--eval_examples must fit the test split: checked before training, not after it."""
   if FLAGS.eval_examples is None:
     return
-  if arrays is None and config.dataset not in data_lib.STREAMED_DATASETS:
-    available, split = config.info.num_test, 'test'  # the standard split, before loading it
-  elif arrays is not None:
-    available, split = arrays.num_test, 'test'
+  if source is None:  # the standard split, before loading it
+    available, split = config.info.num_test, 'test'
   else:
-    builder = data_lib.imagenet_builder(config.data_dir, manual_dir=config.manual_dir)
-    available, split = int(builder.info.splits['validation'].num_examples), 'validation'
+    available, split = source.num_eval, source.eval_split
   if FLAGS.eval_examples > available:
     raise app.UsageError(f'--eval_examples={FLAGS.eval_examples} exceeds the {available} '
                          f'examples of the {config.dataset} {split} split.')
@@ -290,23 +272,22 @@ def main(argv):
   if chief:  # Cheap checks first: the run directory and the existing run.
     checkpointing.check_writable(config.model_dir)
     training.check_resume(config, FLAGS.allow_config_change)
-  streamed = config.dataset in data_lib.STREAMED_DATASETS
+  streamed = config.info.streamed
   if not streamed:
     check_eval_examples(config, None)
   if streamed and FLAGS.overfit_guard != 'off':
-    raise app.UsageError('--overfit_guard needs an in-memory dataset, not imagenet.')
-  arrays = None if streamed else data_lib.load_arrays(
-      config.dataset, data_dir=config.data_dir, source=config.data_source,
-      download=config.download)
-  check_eval_examples(config, arrays)
+    raise app.UsageError(f'--overfit_guard needs an in-memory dataset, not {config.dataset}.')
+  source = data_lib.training_data(config)
+  check_eval_examples(config, source)
+  arrays = source.arrays
   guard = overfit_guard(config, arrays) if arrays is not None else None
-  shown = arrays if arrays is not None else (
-      imagenet_sample(config, FLAGS.summary_images) if FLAGS.summary_images else None)
+  shown = arrays if arrays is not None or not FLAGS.summary_images else source.sample(
+      FLAGS.summary_images)
   writer = summary_callback(config, shown) if shown is not None else None
   callbacks = [*([writer] if writer else []), *([guard] if guard else [])]
   started = time.time()
   # flags.txt is written with config.json, once train has checked the model and the checkpoint.
-  model = training.train(config, arrays, callbacks=callbacks, strategy=strategy,
+  model = training.train(config, source, callbacks=callbacks, strategy=strategy,
                          allow_config_change=FLAGS.allow_config_change,
                          run_files={'flags.txt': common_flags.flags_text()} if chief else None)
   train_wall_time = time.time() - started
@@ -315,7 +296,8 @@ def main(argv):
   classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
   if FLAGS.export:
     export_lib.export_all(classifier, layer, config.model_dir)
-  dataset = closing_eval_dataset(config, arrays)
+  dataset = source.eval_dataset(batch_size=FLAGS.eval_batch_size,
+                               num_examples=FLAGS.eval_examples)
   eps = eval_eps()
   report = evaluation.evaluate(classifier, dataset,
                                evaluation.standard_attacks(FLAGS.eval_attacks, eps=eps,
@@ -325,15 +307,15 @@ def main(argv):
   table = evaluation.format_table(report, row_name=os.path.basename(config.model_dir.rstrip('/')))
   print(f'Closing evaluation (eps {eps:.4f}, {report.num_examples} test examples), accuracy '
         f'(%):\n{table}', flush=True)  # Once, on stdout; the log says where it is saved.
-  training.write_json(os.path.join(config.model_dir, 'eval.json'),
-                      {'dataset': config.dataset, 'model': config.model, 'eps': eps,
-                       'seed': config.seed, **report.to_json(),
-                       # This invocation only (a resumed run counts from its restart), tracing
-                       # included; final_step is the optimizer step the model was trained to.
-                       'train': {'final_step': int(model.optimizer.iterations.numpy()),
-                                 'wall_time_s': train_wall_time},
-                       'overfit_guard': guard.summary() if guard else None,
-                       'aad_diagnostics': writer.aad_summary() if writer else None})
+  files.write_json(os.path.join(config.model_dir, 'eval.json'),
+                   {'dataset': config.dataset, 'model': config.model, 'eps': eps,
+                    'seed': config.seed, **report.to_json(),
+                    # This invocation only (a resumed run counts from its restart), tracing
+                    # included; final_step is the optimizer step the model was trained to.
+                    'train': {'final_step': int(model.optimizer.iterations.numpy()),
+                              'wall_time_s': train_wall_time},
+                    'overfit_guard': guard.summary() if guard else None,
+                    'aad_diagnostics': writer.aad_summary() if writer else None})
   logging.info('Wrote the closing evaluation to %s.', os.path.join(config.model_dir, 'eval.json'))
   summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
                                int(model.optimizer.iterations.numpy()),

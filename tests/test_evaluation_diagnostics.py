@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import eval_models
-from aad_tf import diagnostics
+from aad_tf.evaluation import diagnostics
 from aad_tf import evaluation
 
 EPS = 0.1  # the adversarial test model's training eps

@@ -1,8 +1,6 @@
-"""Robust accuracy of a classifier under a set of attacks, batched and compiled.
+"""The attack suite: attacks by name, with the settings they share, and what they may query.
 
-    attacks = standard_attacks(['clean', 'fgsm', 'pgd20'], eps=0.3)
-    report = evaluate(classifier, eval_dataset, attacks, gradcam_layer='gradcam')
-    print(format_table(report))
+    attacks = standard_attacks(['clean', 'fgsm', 'pgd20'], eps=0.3)   # evaluate them: loop.py
 
 Attacks by name (lower-case paper headers; `ALL_ATTACKS` is the full suite):
   clean                     no attack.
@@ -31,23 +29,14 @@ Attacks by name (lower-case paper headers; `ALL_ATTACKS` is the full suite):
                             (`attacks.adaptive_attention`), PGD steps of 2.5 * eps / k.
 The A^3 attacks and `adaptive` need the Grad-CAM features of the model (a Keras classifier and its
 Grad-CAM layer); against logits alone (a SavedModel) they are skipped and the report says so.
-
-Each attack is wrapped in one `tf.function` with a fixed input signature (images, labels, seed),
-so it traces once for the whole test set; random starts are stateless functions of
-(seed, attack name, batch index), so a report is reproducible. `worst_case` counts an example as
-robust only if it is classified correctly under every attack that was run (clean included).
 """
 
 import dataclasses
 import re
-import time
-import zlib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from aad_tf import apgd as apgd_lib
 from aad_tf import attacks as attacks_lib
@@ -55,8 +44,6 @@ from aad_tf import autoattack as autoattack_lib
 from aad_tf import fab as fab_lib
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import square as square_lib
-
-DEFAULT_EPS = {'mnist': 0.3, 'cifar10': 8 / 255, 'imagenet': 16 / 255, 'boxed_mnist': 0.3}
 
 PAPER_GRID = ('clean', 'fgsm', 'pgd10', 'pgd20', 'pgd40', 'pgd100', 'cw10', 'cw20', 'cw40',
               'cw100')
@@ -90,12 +77,12 @@ class Target:
     owner: an object the functions need alive (the loaded SavedModel holding the variables).
   """
   model_fn: ModelFn
-  feature_fn: Optional[gradcam_lib.FeatureFn] = None
+  feature_fn: gradcam_lib.FeatureFn | None = None
   name: str = 'model'
   owner: Any = None
 
   @classmethod
-  def from_keras(cls, classifier: keras.Model, gradcam_layer: Optional[str] = None
+  def from_keras(cls, classifier: keras.Model, gradcam_layer: str | None = None
                  ) -> 'Target':
     """A Keras classifier (logits output); Grad-CAM features if `gradcam_layer` is given."""
     feature_fn = None
@@ -127,7 +114,7 @@ class Target:
     return cls(lambda images: fn(**{input_name: images})[output], None, path, owner=loaded)
 
 
-def as_target(model: Union[Target, keras.Model], gradcam_layer: Optional[str] = None) -> Target:
+def as_target(model: Target | keras.Model, gradcam_layer: str | None = None) -> Target:
   if isinstance(model, Target):
     return model
   if isinstance(model, keras.Model):
@@ -162,7 +149,7 @@ class AttackSettings:
   eps: float
   seed: int = 0
   sigma: float = 10.0
-  kappa: Union[str, float] = 'mean'
+  kappa: str | float = 'mean'
   gradcam_normalize: str = 'none'
   a3_num_steps: int = 10
   apgd_num_steps: int = 100
@@ -209,8 +196,8 @@ class Attack:
     single_step: a one-step attack (for the diagnostics).
   """
   name: str
-  run: Optional[RunFn]
-  params: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  run: RunFn | None
+  params: dict[str, Any] = dataclasses.field(default_factory=dict)
   needs_features: bool = False
   gradient_free: bool = False
   single_step: bool = False
@@ -316,7 +303,7 @@ def make_attack(name: str, settings: AttackSettings) -> Attack:
 
 
 def standard_attacks(names: Sequence[str], *, eps: float, seed: int = 0,
-                     **settings) -> Dict[str, Attack]:
+                     **settings) -> dict[str, Attack]:
   """The attacks called `names`, in order.
 
   Args:
@@ -339,225 +326,3 @@ def standard_attacks(names: Sequence[str], *, eps: float, seed: int = 0,
   if duplicates:
     raise ValueError(f'Attacks listed twice: {duplicates}.')
   return {name: make_attack(name, config) for name in names}
-
-
-# ---------------------------------------------------------------------------------------------
-# Running attacks.
-
-def attack_seed(seed: int, name: str, batch_index: int) -> tf.Tensor:
-  """The stateless seed [2] of one attack on one batch (independent of the attack order)."""
-  return tf.constant([int(seed) % 2**31, (zlib.crc32(name.encode()) + 7919 * batch_index)
-                      % 2**31], tf.int32)
-
-
-def _as_attack(name: str, attack) -> Attack:
-  """Accepts an Attack, None (clean) or a legacy fn(model_fn, x, y) -> x_adv."""
-  if isinstance(attack, Attack):
-    return attack
-  if attack is None:
-    return Attack(name, None)
-  if callable(attack):
-    return Attack(name, lambda t, x, y, seed: attack(t.model_fn, x, y))
-  raise ValueError(f'Attack {name!r} must be an evaluation.Attack, a callable or None.')
-
-
-def compile_attack(model: Union[Target, keras.Model], attack, image_shape,
-                   gradcam_layer: Optional[str] = None) -> Callable[..., tf.Tensor]:
-  """A compiled (x, y, seed=(0, 0)) -> bool [B] 'still correctly classified' under `attack`.
-
-  One `tf.function` (the returned callable's `tf_function`) with input signature
-  (float32 [None, *image_shape], int32 [None], int32 [2]): it traces once whatever the batch size.
-  """
-  target = as_target(model, gradcam_layer)
-  attack = _as_attack(getattr(attack, 'name', 'attack'), attack)
-  if attack.needs_features and target.feature_fn is None:
-    raise ValueError(f'Attack {attack.name!r} needs Grad-CAM features: pass a Keras classifier '
-                     f'and its gradcam_layer.')
-  spec = (tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int32),
-          tf.TensorSpec([2], tf.int32))
-
-  @tf.function(input_signature=spec)
-  def correct(x, y, seed):
-    x_eval = x if attack.run is None else attack.run(target, x, y, seed)
-    pred = tf.argmax(target.model_fn(x_eval), axis=-1, output_type=tf.int32)
-    return tf.equal(pred, y)
-
-  def call(x, y, seed=(0, 0)):
-    return correct(tf.cast(x, tf.float32), tf.cast(y, tf.int32),
-                   tf.cast(tf.convert_to_tensor(seed), tf.int32))
-
-  call.tf_function = correct  # e.g. to count traces
-  return call
-
-
-@dataclasses.dataclass
-class Report:
-  """Per-attack accuracy (fractions), per-example worst case, timing, skips and diagnostics.
-
-  Attributes:
-    num_examples: examples evaluated.
-    accuracy: attack name -> accuracy in [0, 1], in the order the attacks ran.
-    seconds: attack name -> wall time.
-    correct: attack name -> bool [num_examples], correctly classified under that attack.
-    skipped: attack name -> why it was not run.
-    params: attack name -> its hyperparameters.
-    diagnostics: gradient-masking checks (`aad_tf.diagnostics.Diagnostic.to_json()` dicts).
-  """
-  num_examples: int
-  accuracy: Dict[str, float]
-  seconds: Dict[str, float]
-  correct: Dict[str, np.ndarray]
-  skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
-  params: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
-  diagnostics: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
-
-  @property
-  def worst_case_correct(self) -> np.ndarray:
-    """bool [num_examples]: correct under every attack that was run."""
-    if not self.correct:
-      return np.zeros([0], bool)
-    return np.logical_and.reduce(list(self.correct.values()))
-
-  @property
-  def worst_case(self) -> float:
-    if not self.correct or not self.num_examples:
-      return float('nan')
-    return float(np.mean(self.worst_case_correct))
-
-  @property
-  def diagnostics_fired(self) -> List[str]:
-    return [d['name'] for d in self.diagnostics if d.get('fired')]
-
-  def to_json(self) -> Dict[str, object]:
-    return {'num_examples': self.num_examples,
-            'accuracy': {**self.accuracy, WORST_CASE: self.worst_case},
-            'seconds': self.seconds, 'skipped': self.skipped, 'attacks': self.params,
-            'diagnostics': self.diagnostics,
-            'gradient_masking_suspected': bool(self.diagnostics_fired)}
-
-
-def evaluate(model: Union[Target, keras.Model], dataset: tf.data.Dataset,
-             attacks: Mapping[str, Any], progress: bool = True, *,
-             gradcam_layer: Optional[str] = None, seed: int = 0,
-             first_batch: int = 0) -> Report:
-  """Accuracy of `model` on `dataset` ((x, y) batches) under each attack.
-
-  Args:
-    model: a Keras classifier (logits) or a `Target`.
-    dataset: batches of images [B, H, W, C] in [0, 1] and int labels [B].
-    attacks: name -> Attack (or None for clean, or a legacy fn(model_fn, x, y)).
-    progress: show a progress bar per attack.
-    gradcam_layer: with a Keras classifier, its Grad-CAM layer (enables A^3 and adaptive).
-    seed: base seed of the random starts (mixed with the attack name and batch index).
-    first_batch: the index of the dataset's first batch within a larger evaluation: a set
-      evaluated in pieces (examples [0, n), then [n, 2n) with first_batch = n / B) gets the
-      random starts of one evaluation of the whole.
-
-  Returns:
-    The Report; attacks that need Grad-CAM features the model cannot give are in `skipped`.
-  """
-  target = as_target(model, gradcam_layer)
-  image_shape = tuple(dataset.element_spec[0].shape[1:])
-  num_batches = int(dataset.cardinality())
-  report = Report(0, {}, {}, {})
-  for name, attack in attacks.items():
-    attack = _as_attack(name, attack)
-    if attack.needs_features and target.feature_fn is None:
-      report.skipped[name] = ('needs the Grad-CAM features of the model (its Keras classifier '
-                              'and Grad-CAM layer); a SavedModel gives logits only')
-      logging.warning('Skipping %s: %s.', name, report.skipped[name])
-      continue
-    fn = compile_attack(target, attack, image_shape)
-    started = time.time()
-    chunks: List[np.ndarray] = []
-    bar = keras.utils.Progbar(num_batches if num_batches > 0 else None, unit_name='batch',
-                              verbose=1 if progress else 0)
-    logging.info('Running %s (%s).', name, attack.params or 'no attack')
-    for index, (x, y) in enumerate(dataset):
-      chunks.append(fn(x, y, attack_seed(seed, name, first_batch + index)).numpy())
-      bar.add(1, values=[('acc', float(np.concatenate(chunks).mean()))])
-    correct = np.concatenate(chunks) if chunks else np.zeros([0], bool)
-    report.correct[name] = correct
-    report.accuracy[name] = float(correct.mean()) if correct.size else float('nan')
-    report.seconds[name] = time.time() - started
-    report.params[name] = dict(attack.params)
-    report.num_examples = int(correct.size)
-    logging.info('%-14s accuracy %.4f (%d examples, %.1f s)', name, report.accuracy[name],
-                 correct.size, report.seconds[name])
-  return report
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables.
-
-def _section(name: str) -> int:
-  """0: the paper grid (clean, fgsm, pgd<k>, cw<k>), 1: the A^3 pairs, 2: everything else."""
-  if name in ('clean', 'fgsm') or re.fullmatch(r'(pgd|cw)\d+', name):
-    return 0
-  if name in A3_ATTACKS or re.fullmatch(r'iter_stepll\d+', name):
-    return 1
-  return 2
-
-
-def _grid_key(name: str):
-  """Paper order: clean, fgsm, then PGD and CW by increasing steps."""
-  match = re.fullmatch(r'(pgd|cw)(\d+)', name)
-  if match:
-    return (2 if match.group(1) == 'pgd' else 3, int(match.group(2)))
-  return (0 if name == 'clean' else 1, 0)
-
-
-_SECTION_TITLES = ('Paper grid (Table 6 layout)', 'A^3 next to the plain attacks (Table 7 layout)',
-                   'Strong, adaptive and gradient-free attacks')
-
-
-def _table(columns: Sequence[str], row_name: str, values: Mapping[str, float]) -> str:
-  return '\n'.join(['| | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns),
-                    f'| {row_name} | ' + ' | '.join(f'{100 * values[n]:.2f}' for n in columns)
-                    + ' |'])
-
-
-def format_table(report: Report, row_name: str = 'model') -> str:
-  """Markdown tables, accuracies in percent, columns named by the attack names.
-
-  The attacks are grouped as in the paper: the grid (Table 6: clean, fgsm, pgd<k>, cw<k>), the
-  A^3 pairs (Table 7; `pgd_a3` sits next to the plain PGD with the same steps when that was run)
-  and the strong attacks; `worst_case` ends the last table. One group gives one table, without a
-  title. Skipped attacks and the gradient-masking diagnostics follow.
-  """
-  sections = [[], [], []]
-  for name in report.accuracy:
-    sections[_section(name)].append(name)
-  sections[0].sort(key=_grid_key)
-  a3_order = {n: i for i, n in enumerate(A3_ATTACKS)}
-  sections[1].sort(key=lambda n: a3_order.get(n, len(a3_order)))
-  a3_steps = report.params.get('pgd_a3', {}).get('num_steps')
-  if a3_steps and 'pgd_a3' in sections[1] and f'pgd{a3_steps}' in report.accuracy:
-    sections[1].insert(sections[1].index('pgd_a3'), f'pgd{a3_steps}')
-  groups = [(title, names) for title, names in zip(_SECTION_TITLES, sections) if names]
-  if not groups:
-    groups = [(_SECTION_TITLES[0], [])]
-  values = {**report.accuracy, WORST_CASE: report.worst_case}
-  blocks = []
-  for index, (title, names) in enumerate(groups):
-    columns = names + ([WORST_CASE] if index == len(groups) - 1 else [])
-    table = _table(columns, row_name, values)
-    blocks.append(f'{title}\n\n{table}' if len(groups) > 1 else table)
-  if report.skipped:
-    blocks.append('Skipped: ' + '; '.join(f'{n} ({why})' for n, why in report.skipped.items()))
-  if report.diagnostics:
-    blocks.append(format_diagnostics(report.diagnostics))
-  return '\n\n'.join(blocks)
-
-
-def format_diagnostics(diagnostics: Sequence[Mapping[str, Any]]) -> str:
-  """A Markdown table of the gradient-masking checks."""
-  rows = []
-  for d in diagnostics:
-    verdict = '**FIRED**' if d['fired'] else ('not run' if d.get('value') is None else 'ok')
-    value = '-' if d.get('value') is None else f"{d['value']:.4g}"
-    rows.append(f"| {d['name']} | {verdict} | {value} | {d['threshold']:.4g} | "
-                f"{d['message']} |")
-  return '\n'.join(['Gradient-masking diagnostics', '',
-                    '| check | verdict | value | threshold | meaning |',
-                    '|---|---|---|---|---|', *rows])

@@ -1,10 +1,5 @@
-"""The evaluation suite: attack names, worst case, compiled and seeded runs, SavedModels, tables,
-the adaptive attack, and trainers.evaluate end to end."""
-
-import json
-import os
-import subprocess
-import sys
+"""Tests for aad_tf.evaluation.loop: worst case, compiled and seeded runs, SavedModel targets,
+the adaptive attack."""
 
 import numpy as np
 import pytest
@@ -15,57 +10,6 @@ from aad_tf import attacks
 from aad_tf import evaluation
 from aad_tf import export as export_lib
 from aad_tf import gradcam
-from aad_tf import models
-from aad_tf import training
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ISSUE_NAMES = ['clean', 'fgsm', 'pgd10', 'pgd20', 'pgd40', 'pgd100', 'cw10', 'cw20', 'cw40',
-               'cw100', 'stepll', 'stepll_a3', 'iter_stepll', 'iter_stepll_a3', 'pgd_a3',
-               'apgd_ce', 'apgd_dlr', 'apgd_t', 'square', 'adaptive']
-
-
-def test_the_suite_has_exactly_the_issue_names():
-  assert sorted(evaluation.ALL_ATTACKS) == sorted(ISSUE_NAMES)
-  attacks_by_name = evaluation.standard_attacks(evaluation.ALL_ATTACKS, eps=0.3)
-  assert list(attacks_by_name) == list(evaluation.ALL_ATTACKS)
-
-
-@pytest.mark.parametrize('names, eps, message', [
-    (['clean', 'pgd'], 0.3, "Unknown attack 'pgd'"),
-    (['clean', 'PGD20'], 0.3, 'Unknown attack'),
-    (['clean', 'fgsm'], 1.5, r'eps must be in \[0, 1\]'),
-    (['clean'], -0.1, r'eps must be in \[0, 1\]'),
-    (['clean', 'worst_case'], 0.3, 'worst_case'),
-    (['fgsm', 'fgsm'], 0.3, 'twice'),
-    (['pgd0'], 0.3, 'steps'),
-    ([], 0.3, 'No attack'),
-])
-def test_bad_names_and_eps_are_clear_errors(names, eps, message):
-  with pytest.raises(ValueError, match=message):
-    evaluation.standard_attacks(names, eps=eps)
-
-
-def test_bad_settings_are_clear_errors():
-  with pytest.raises(ValueError, match='square_queries'):
-    evaluation.standard_attacks(['square'], eps=0.3, square_queries=0)
-  with pytest.raises(ValueError, match='kappa'):
-    evaluation.standard_attacks(['pgd_a3'], eps=0.3, kappa='median')
-
-
-def test_documented_step_sizes():
-  table = evaluation.standard_attacks(['fgsm', 'pgd40', 'cw100', 'pgd100_r5', 'iter_stepll',
-                                       'pgd_a3', 'apgd_dlr', 'square', 'adaptive'], eps=0.3)
-  assert table['fgsm'].params == {'step_size': 0.3}
-  assert table['pgd40'].params['step_size'] == pytest.approx(2.5 * 0.3 / 40)
-  assert table['cw100'].params['loss'] == 'cw'
-  assert table['pgd100_r5'].params['num_restarts'] == 5
-  # A^3 pairs with the plain attack of the same steps (default 10: pgd_a3 <-> pgd10).
-  assert table['iter_stepll'].params == {'num_steps': 10, 'step_size': pytest.approx(0.03)}
-  assert table['pgd_a3'].params['step_size'] == pytest.approx(2.5 * 0.3 / 10)
-  assert table['pgd_a3'].params['sigma'] == 10.0
-  assert table['apgd_dlr'].params == {'num_steps': 100, 'num_restarts': 1, 'loss': 'dlr'}
-  assert table['square'].gradient_free and table['square'].params['num_queries'] == 1000
-  assert table['adaptive'].needs_features and table['pgd_a3'].needs_features
 
 
 def test_worst_case_is_the_per_example_and():
@@ -195,75 +139,3 @@ def test_attention_shift_is_zero_at_x(setup):
   features = gradcam.FeatureModel(model, eval_models.GRADCAM_LAYER).fn()
   shift = attacks.attention_shift(features, tf.constant(x[:8]), tf.constant(y[:8]))
   np.testing.assert_allclose(shift(tf.constant(x[:8])).numpy(), 0.0, atol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# trainers.evaluate end to end.
-
-def run_evaluate(*args, timeout=600):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-  return subprocess.run([sys.executable, '-m', 'trainers.evaluate', *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, shared_data_dir):
-  """A trainers.main-style run directory holding an (untrained) LeNet."""
-  model_dir = tmp_path_factory.mktemp('run')
-  config = training.TrainConfig(model_dir=str(model_dir), dataset='mnist', model='lenet',
-                                data_dir=str(shared_data_dir), seed=3)
-  training.write_json(str(model_dir / 'config.json'), config.to_json())
-  (model_dir / 'flags.txt').write_text('--dataset=mnist\n--eval_eps=0.2\n--aad\n')
-  classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
-  os.makedirs(model_dir / 'export')
-  export_lib.export_all(classifier, models.get_spec('lenet').gradcam_layer, str(model_dir))
-  return model_dir
-
-
-def test_evaluate_binary_on_a_run(run_dir, shared_data_dir):
-  result = run_evaluate(
-      f'--model_dir={run_dir}', f'--data_dir={shared_data_dir}', '--eval_examples=12',
-      '--batch_size=5', '--attacks=clean,fgsm,pgd_a3,apgd_ce,square', '--a3_num_steps=2',
-      '--apgd_num_steps=3', '--square_queries=5', '--diagnostic_examples=6', '--sweep_steps=2',
-      '--curve_steps=2')
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads((run_dir / 'robustness.json').read_text())
-  assert report['dataset'] == 'mnist' and report['model'] == 'lenet'
-  assert report['eps'] == 0.2  # the run's --eval_eps
-  assert report['seed'] == 3  # the run's seed
-  assert report['num_examples'] == 12 and report['first_example'] == 0
-  assert set(report['accuracy']) == {'clean', 'fgsm', 'pgd_a3', 'apgd_ce', 'square',
-                                     'worst_case'}
-  assert report['attacks']['pgd_a3']['num_steps'] == 2
-  assert {d['name'] for d in report['diagnostics']} == {
-      'gradient_free_beats_gradient', 'single_step_beats_iterative', 'eps_sweep_not_zero',
-      'pgd_loss_not_increasing', 'zero_gradients'}
-  assert report['versions']['tensorflow'] == tf.__version__
-  assert report['wall_time_s'] > 0 and report['source'].endswith('model.keras')
-  markdown = (run_dir / 'robustness.md').read_text()
-  assert '| | clean | fgsm |' in markdown and 'Gradient-masking diagnostics' in markdown
-  assert 'Diagnostics fired:' in result.stdout
-
-
-@pytest.mark.slow  # the SavedModel path is covered in-process by test_saved_model_target
-def test_evaluate_binary_on_a_saved_model(run_dir, shared_data_dir, tmp_path):
-  result = run_evaluate(
-      f'--saved_model={run_dir / "export" / "saved_model"}', '--dataset=mnist',
-      f'--data_dir={shared_data_dir}', '--eval_examples=6', '--attacks=clean,fgsm,adaptive',
-      '--nodiagnostics', f'--output_dir={tmp_path}', '--eps=0.1')
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads((tmp_path / 'robustness.json').read_text())
-  assert report['eps'] == 0.1 and set(report['accuracy']) == {'clean', 'fgsm', 'worst_case'}
-  assert 'adaptive' in report['skipped'] and report['diagnostics'] == []
-
-
-def test_evaluate_binary_bad_flags_fail_fast(run_dir):
-  # The eps check shares this code path (see test_bad_names_and_eps_are_clear_errors).
-  result = run_evaluate(f'--model_dir={run_dir}', '--data_dir=/nonexistent',
-                        '--attacks=clean,pgd', timeout=300)
-  assert result.returncode != 0
-  assert "Unknown attack 'pgd'" in result.stderr and 'UsageError' not in result.stderr
-  assert 'DataNotFoundError' not in result.stderr  # failed before looking for data
-  result = run_evaluate(f'--model_dir={run_dir}', '--data_dir=/nonexistent', '--batch_size=5',
-                        '--eval_offset=7', timeout=300)
-  assert result.returncode != 0 and 'must be a multiple of --batch_size=5' in result.stderr

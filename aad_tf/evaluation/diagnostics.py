@@ -33,7 +33,7 @@ work on SavedModels too.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -71,12 +71,12 @@ class Diagnostic:
   """
   name: str
   fired: bool
-  value: Optional[float]
+  value: float | None
   threshold: float
   message: str
-  details: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-  def to_json(self) -> Dict[str, Any]:
+  def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
@@ -84,7 +84,7 @@ def _not_run(name: str, threshold: float, why: str) -> Diagnostic:
   return Diagnostic(name, False, None, threshold, f'not run: {why}')
 
 
-def only_broken_by(correct: Dict[str, np.ndarray], group: Sequence[str],
+def only_broken_by(correct: dict[str, np.ndarray], group: Sequence[str],
                    others: Sequence[str]) -> np.ndarray:
   """bool [N]: correct clean (if known) and under every `others` attack, broken by a `group` one."""
   n = len(next(iter(correct.values())))
@@ -144,7 +144,7 @@ def single_step_check(report, *, tolerance: float = ONLY_BROKEN_TOLERANCE,
 # ---------------------------------------------------------------------------------------------
 # Checks that query the model.
 
-def _batches(dataset, max_examples: Optional[int]):
+def _batches(dataset, max_examples: int | None):
   seen = 0
   for x, y in dataset:
     if max_examples is not None:
@@ -160,14 +160,14 @@ def _spec(dataset):
   return (tf.TensorSpec([None, *shape], tf.float32), tf.TensorSpec([None], tf.int32))
 
 
-def sweep_eps_values(eps: float) -> List[float]:
+def sweep_eps_values(eps: float) -> list[float]:
   """eps, 2 eps, 4 eps and 1 (every image reachable), those in (0, 1], increasing."""
   values = {round(v, 9): v for v in (eps, min(2 * eps, 1.0), min(4 * eps, 1.0), 1.0) if v > 0}
   return sorted(values.values())
 
 
 def eps_sweep(model_fn, dataset, *, eps_values: Sequence[float], num_steps: int = 20,
-              max_examples: Optional[int] = None) -> Dict[float, float]:
+              max_examples: int | None = None) -> dict[float, float]:
   """PGD-CE accuracy at each eps (from x, no random start, step 2.5 eps / num_steps).
 
   Returns:
@@ -198,7 +198,7 @@ def eps_sweep(model_fn, dataset, *, eps_values: Sequence[float], num_steps: int 
   return result
 
 
-def eps_sweep_check(accuracy: Dict[float, float], *,
+def eps_sweep_check(accuracy: dict[float, float], *,
                     final_tolerance: float = SWEEP_FINAL_TOLERANCE,
                     rise_tolerance: float = SWEEP_RISE_TOLERANCE) -> Diagnostic:
   """Fires if accuracy does not reach ~0 at the largest eps or rises as eps grows."""
@@ -216,7 +216,7 @@ def eps_sweep_check(accuracy: Dict[float, float], *,
 
 
 def loss_curve(model_fn, dataset, *, eps: float, num_steps: int = 20,
-               max_examples: Optional[int] = None) -> Dict[str, Any]:
+               max_examples: int | None = None) -> dict[str, Any]:
   """Runs PGD-CE from x (no random start, step 2.5 eps / num_steps) and records its progress.
 
   Returns:
@@ -261,7 +261,7 @@ def loss_curve(model_fn, dataset, *, eps: float, num_steps: int = 20,
           'margin_rise': np.concatenate(rises)}
 
 
-def loss_curve_check(curve: Dict[str, Any], *, tolerance: float = LOSS_FLAT_TOLERANCE,
+def loss_curve_check(curve: dict[str, Any], *, tolerance: float = LOSS_FLAT_TOLERANCE,
                      min_rise: float = LOSS_MIN_RISE) -> Diagnostic:
   """Fires if too many examples' margin never rises along the PGD path."""
   rise = np.asarray(curve['margin_rise'])
@@ -275,7 +275,7 @@ def loss_curve_check(curve: Dict[str, Any], *, tolerance: float = LOSS_FLAT_TOLE
 
 
 def zero_gradient_fraction(model_fn, dataset, *, eps: float, seed: int = 0,
-                           max_examples: Optional[int] = None) -> Dict[str, float]:
+                           max_examples: int | None = None) -> dict[str, float]:
   """Fractions of examples whose CE input gradient is exactly zero at x and at a random point.
 
   Returns:
@@ -304,7 +304,7 @@ def zero_gradient_fraction(model_fn, dataset, *, eps: float, seed: int = 0,
           'either': float((at_x | at_random).mean())}
 
 
-def zero_gradient_check(fractions: Dict[str, float], *,
+def zero_gradient_check(fractions: dict[str, float], *,
                         tolerance: float = ZERO_GRADIENT_TOLERANCE) -> Diagnostic:
   return Diagnostic(
       'zero_gradients', fractions['either'] > tolerance, fractions['either'], tolerance,
@@ -313,8 +313,8 @@ def zero_gradient_check(fractions: Dict[str, float], *,
 
 
 def run_all(model_fn, dataset, report=None, *, eps: float, sweep_steps: int = 20,
-            curve_steps: int = 20, max_examples: Optional[int] = None, seed: int = 0
-            ) -> List[Diagnostic]:
+            curve_steps: int = 20, max_examples: int | None = None, seed: int = 0
+            ) -> list[Diagnostic]:
   """Every check: those on `report` (if given) and those that query `model_fn` on `dataset`.
 
   Args:

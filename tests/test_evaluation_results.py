@@ -1,4 +1,4 @@
-"""Tests for aad_tf.results and the trainers.collect_results binary."""
+"""Tests for aad_tf.evaluation.results and the trainers.collect_results binary."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from aad_tf import results
+from aad_tf.evaluation import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

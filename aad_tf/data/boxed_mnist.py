@@ -1,4 +1,4 @@
-"""Boxed digits: real MNIST digits at known positions and scales on a larger cluttered canvas.
+"""Boxed MNIST (`boxed_mnist`): MNIST digits at known positions and scales on cluttered canvases.
 
 An offline dataset with exact ground-truth boxes for the attention analysis of the paper's Sec. 3
 (`aad_tf.analysis`), needing nothing but `mnist.npz`. Each canvas (64x64 by default) holds
@@ -20,24 +20,25 @@ same MNIST split (train canvases from MNIST train digits, test canvases from MNI
 fragments of that split's digits and the generator `np.random.default_rng([seed, split_index, i])`,
 so a prefix of a split can be drawn alone (`draw_split`).
 
-    boxed = boxed_digits.load(data_dir='shared/data')       # BoxedDigits, cached
+    boxed = boxed_mnist.load(data_dir='shared/data')        # BoxedDigits, cached
     boxed.arrays                                            # data.Arrays for training
     boxed.boxes('test')                                     # int32 [N, 4]
-    boxed_digits.box_dataset(boxed, batch_size=100)         # tf.data of (x, y, box)
+    boxed_mnist.box_dataset(boxed, batch_size=100)          # tf.data of (x, y, box)
 
-`aad_tf.data.load_arrays('boxed_mnist', ...)` returns `load(...).arrays`, so the dataset trains
-with `trainers.main --dataset=boxed_mnist` like any other.
+Its registry entry (`catalog.py`) has `load_arrays` as loader, so `aad_tf.data.load_arrays(
+'boxed_mnist', ...)` returns `load(...).arrays` and the dataset trains with
+`trainers.main --dataset=boxed_mnist` like any other.
 """
 
 import dataclasses
 import functools
-from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from aad_tf import data as data_lib
+from aad_tf.data import arrays as arrays_lib
+from aad_tf.data import pipelines
 
 NAME = 'boxed_mnist'
 SPLIT_INDEX = {'train': 0, 'test': 1}
@@ -85,7 +86,7 @@ class CanvasConfig:
       raise ValueError(f'ink_threshold must be in [0, 1), got {self.ink_threshold}.')
 
 
-# The registered dataset: its sizes are also in `data.DATASETS['boxed_mnist']`. The clutter is
+# The registered dataset: its registry entry (`catalog.py`) reads these sizes. The clutter is
 # light enough that Madry et al.'s LeNet learns the task in a few hundred steps (about 60% test
 # accuracy after 150 steps of batch 100; with 3-6 fragments of 8-12 pixels and noise 0.15 it was
 # still near chance at 150 steps).
@@ -99,12 +100,12 @@ class BoxedDigits:
   """Canvases, labels and boxes of both splits.
 
   Attributes:
-    arrays: `data.Arrays`: x float32 [N, S, S, 1] in [0, 1], y int32 [N].
+    arrays: `arrays.Arrays`: x float32 [N, S, S, 1] in [0, 1], y int32 [N].
     boxes_train: int32 [N_train, 4] (ymin, xmin, ymax, xmax), max exclusive.
     boxes_test: int32 [N_test, 4].
     config: the CanvasConfig that drew them.
   """
-  arrays: data_lib.Arrays
+  arrays: arrays_lib.Arrays
   boxes_train: np.ndarray
   boxes_test: np.ndarray
   config: CanvasConfig
@@ -116,7 +117,7 @@ class BoxedDigits:
     return self.boxes_train if split == 'train' else self.boxes_test
 
 
-def ink_box(digit: np.ndarray, threshold: float) -> Tuple[int, int, int, int]:
+def ink_box(digit: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
   """The tight box (ymin, xmin, ymax, xmax), max exclusive, of pixels > threshold * max."""
   ink = digit > threshold * float(digit.max())
   rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
@@ -132,13 +133,13 @@ def _resize(digits: np.ndarray, size: int) -> np.ndarray:
   return np.clip(resized.numpy()[..., 0], 0.0, 1.0)
 
 
-def _overlaps(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> bool:
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
   return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def draw(digits: np.ndarray, *, seed: int, split_index: int = 0,
-         config: CanvasConfig = DEFAULT_CONFIG, clutter_digits: Optional[np.ndarray] = None
-         ) -> Tuple[np.ndarray, np.ndarray]:
+         config: CanvasConfig = DEFAULT_CONFIG, clutter_digits: np.ndarray | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
   """Draws one canvas per digit, with fragments of other digits as clutter.
 
   Args:
@@ -212,7 +213,7 @@ def _add_clutter(canvas: np.ndarray, box, digits: np.ndarray, rng: np.random.Gen
         break
 
 
-def build(mnist: data_lib.Arrays, *, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
+def build(mnist: arrays_lib.Arrays, *, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
           seed: int = 0, config: CanvasConfig = DEFAULT_CONFIG) -> BoxedDigits:
   """Draws the boxed-digits splits from the first num_train / num_test MNIST digits of each split.
 
@@ -228,14 +229,14 @@ def build(mnist: data_lib.Arrays, *, num_train: int = NUM_TRAIN, num_test: int =
   """
   out = {split: draw_split(mnist, split, num_examples=count, seed=seed, config=config)
          for split, count in (('train', num_train), ('test', num_test))}
-  arrays = data_lib.Arrays(x_train=out['train'][0], y_train=out['train'][1],
+  arrays = arrays_lib.Arrays(x_train=out['train'][0], y_train=out['train'][1],
                            x_test=out['test'][0], y_test=out['test'][1])
   return BoxedDigits(arrays, out['train'][2], out['test'][2], config)
 
 
-def draw_split(mnist: data_lib.Arrays, split: str, *, num_examples: int, seed: int = 0,
+def draw_split(mnist: arrays_lib.Arrays, split: str, *, num_examples: int, seed: int = 0,
                config: CanvasConfig = DEFAULT_CONFIG
-               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The first `num_examples` canvases of one split, identical to those of `build`.
 
   Canvas i depends only on (seed, split, its digit i, the split's digits as clutter), so a
@@ -257,7 +258,7 @@ def draw_split(mnist: data_lib.Arrays, split: str, *, num_examples: int, seed: i
   return canvases, labels, boxes
 
 
-def load(data_dir: Optional[str] = None, *, source: str = 'auto', download: bool = False,
+def load(data_dir: str | None = None, *, source: str = 'auto', download: bool = False,
          seed: int = 0) -> BoxedDigits:
   """The registered boxed-MNIST dataset (12000 train, 2000 test canvases of 64x64), cached.
 
@@ -267,12 +268,12 @@ def load(data_dir: Optional[str] = None, *, source: str = 'auto', download: bool
     source, download: as for `data.load_arrays('mnist', ...)`.
     seed: the canvas generator seed.
   """
-  mnist = data_lib.load_arrays('mnist', data_dir=data_dir, source=source, download=download)
+  mnist = arrays_lib.load_arrays('mnist', data_dir=data_dir, source=source, download=download)
   return _load_cached(mnist, seed)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(mnist: data_lib.Arrays, seed: int) -> BoxedDigits:
+def _load_cached(mnist: arrays_lib.Arrays, seed: int) -> BoxedDigits:
   boxed = build(mnist, seed=seed)
   logging.info('Drew %s: %d train, %d test canvases of %dx%d (seed %d).', NAME,
                boxed.arrays.num_train, boxed.arrays.num_test, DEFAULT_CONFIG.canvas_size,
@@ -280,15 +281,22 @@ def _load_cached(mnist: data_lib.Arrays, seed: int) -> BoxedDigits:
   return boxed
 
 
-def box_dataset(boxed: BoxedDigits, *, batch_size: int, num_examples: Optional[int] = None,
+def box_dataset(boxed: BoxedDigits, *, batch_size: int, num_examples: int | None = None,
                 split: str = 'test') -> tf.data.Dataset:
   """The first `num_examples` canvases of `split` in order, with their boxes.
 
   Returns:
     tf.data.Dataset of (x float32 [B, S, S, 1], y int32 [B], box int32 [B, 4]).
   """
-  images = data_lib.eval_dataset(boxed.arrays, batch_size=batch_size,
+  images = pipelines.eval_dataset(boxed.arrays, batch_size=batch_size,
                                  num_examples=num_examples, split=split)
   boxes = boxed.boxes(split)[:num_examples]
   box_batches = tf.data.Dataset.from_tensor_slices(boxes).batch(batch_size)
   return tf.data.Dataset.zip(images, box_batches).map(lambda xy, box: (*xy, box))
+
+
+def load_arrays(info, *, data_dir: str | None = None, source: str = 'auto',
+                download: bool = False) -> arrays_lib.Arrays:
+  """The registry loader: the canvases of `load` (seed 0) as Arrays."""
+  del info  # The registered dataset is the one of DEFAULT_CONFIG, NUM_TRAIN, NUM_TEST.
+  return load(data_dir, source=source, download=download).arrays

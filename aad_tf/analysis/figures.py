@@ -12,7 +12,7 @@ the 'jet' colormap at 45% opacity over the image; the ground-truth box is drawn 
 use matplotlib's object-oriented API (no pyplot), so importing this module changes no backend.
 """
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib import patches
@@ -24,7 +24,7 @@ from aad_tf import gradcam as gradcam_lib
 _PANEL = 2.0  # inches per panel
 
 
-def _gray_or_rgb(image: np.ndarray) -> Dict[str, Any]:
+def _gray_or_rgb(image: np.ndarray) -> dict[str, Any]:
   image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
   if image.shape[-1] == 1:
     return {'X': image[..., 0], 'cmap': 'gray', 'vmin': 0.0, 'vmax': 1.0}
@@ -52,7 +52,7 @@ def _show(ax, image, cam=None, boxes=None, title: str = '', mask=None) -> None:
   ax.set_yticks([])
 
 
-def _name(label: int, class_names: Optional[Sequence[str]]) -> str:
+def _name(label: int, class_names: Sequence[str] | None) -> str:
   return class_names[label] if class_names is not None and label < len(class_names) else str(label)
 
 
@@ -62,8 +62,8 @@ def _grid(rows: int, cols: int, title: str) -> Figure:
   return figure
 
 
-def attention_figure(examples: Dict[str, List[Dict[str, Any]]], model: str, *,
-                     class_names: Optional[Sequence[str]] = None) -> Figure:
+def attention_figure(examples: dict[str, list[dict[str, Any]]], model: str, *,
+                     class_names: Sequence[str] | None = None) -> Figure:
   """Fig. 1: rows of (image + box, clean map, adversarial map), flipped then held.
 
   Args:
@@ -91,8 +91,8 @@ def attention_figure(examples: Dict[str, List[Dict[str, Any]]], model: str, *,
 
 
 def rounds_figure(images: np.ndarray, boxes: Sequence[np.ndarray], labels: np.ndarray,
-                  rounds: Dict[str, np.ndarray], *, title: str,
-                  class_names: Optional[Sequence[str]] = None) -> Figure:
+                  rounds: dict[str, np.ndarray], *, title: str,
+                  class_names: Sequence[str] | None = None) -> Figure:
   """Fig. 2: per row, the image and its map at round 0 (clean) and after each attack round.
 
   Args:
@@ -115,8 +115,8 @@ def rounds_figure(images: np.ndarray, boxes: Sequence[np.ndarray], labels: np.nd
   return figure
 
 
-def lime_figure(examples: Dict[str, List[Dict[str, Any]]], num_features: int, *,
-                class_names: Optional[Sequence[str]] = None) -> Figure:
+def lime_figure(examples: dict[str, list[dict[str, Any]]], num_features: int, *,
+                class_names: Sequence[str] | None = None) -> Figure:
   """Fig. 3: rows of (image + box, LIME top features of x, of x_adv), flipped then held."""
   rows = [('flipped', e) for e in examples['flipped']] + [('held', e) for e in examples['held']]
   if not rows:
@@ -135,8 +135,8 @@ def lime_figure(examples: Dict[str, List[Dict[str, Any]]], num_features: int, *,
   return figure
 
 
-def comparison_figure(examples: Dict[str, List[Dict[str, Any]]], models: Sequence[str], *,
-                      class_names: Optional[Sequence[str]] = None) -> Figure:
+def comparison_figure(examples: dict[str, list[dict[str, Any]]], models: Sequence[str], *,
+                      class_names: Sequence[str] | None = None) -> Figure:
   """Sec. 5.5 / Fig. 10: per example, the image, then each model's clean and adversarial maps.
 
   Each model is attacked on its own (its StepLL image); rows are flipped / held for the first.

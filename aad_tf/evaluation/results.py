@@ -13,7 +13,7 @@ visible rather than hidden in an average.
 import dataclasses
 import json
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -58,32 +58,32 @@ class RunResult:
       the examples; None when there are no such pieces.
   """
   model_dir: str
-  seed: Optional[int]
-  dataset: Optional[str]
-  closing: Optional[Mapping]
-  suite: Optional[Mapping]
-  grid: Optional[Mapping] = None
+  seed: int | None
+  dataset: str | None
+  closing: Mapping | None
+  suite: Mapping | None
+  grid: Mapping | None = None
 
-  def _report(self, source: str) -> Optional[Mapping]:
+  def _report(self, source: str) -> Mapping | None:
     if source not in ('closing', 'suite', 'grid'):
       raise ValueError(f"source must be 'closing', 'suite' or 'grid', got {source!r}.")
     if source == 'grid':
       return self.grid if self.grid is not None else self.suite
     return self.closing if source == 'closing' else self.suite
 
-  def accuracy(self, source: str) -> Dict[str, float]:
+  def accuracy(self, source: str) -> dict[str, float]:
     """attack -> accuracy in percent from 'closing', 'suite' or 'grid' ({} if missing).
 
     'grid' is the suite merged with its extra pieces (the suite alone without them)."""
     report = self._report(source)
     return {k: 100.0 * float(v) for k, v in (report or {}).get('accuracy', {}).items()}
 
-  def num_examples(self, source: str) -> Optional[int]:
+  def num_examples(self, source: str) -> int | None:
     report = self._report(source)
     return None if report is None else report.get('num_examples')
 
 
-def merge_pieces(pieces: Sequence[Mapping]) -> Dict[str, object]:
+def merge_pieces(pieces: Sequence[Mapping]) -> dict[str, object]:
   """One report from reports on consecutive, disjoint example ranges.
 
   Each piece is a `robustness.json` dict with 'first_example' (default 0), 'num_examples' and
@@ -118,7 +118,7 @@ class Row:
     return ROW_LABELS.get(self.key, self.key)
 
 
-def _read_json(path: str) -> Optional[dict]:
+def _read_json(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
   try:
@@ -182,17 +182,17 @@ def summarise(values: Sequence[float]) -> str:
   return f'{np.mean(values):.2f} ({", ".join(f"{v:.2f}" for v in values)})'
 
 
-def row_values(row: Row, columns: Sequence[str], source: str) -> List[List[float]]:
+def row_values(row: Row, columns: Sequence[str], source: str) -> list[list[float]]:
   """Per column, the accuracy (%) of every seed that has it."""
   per_seed = [run.accuracy(source) for run in row.runs]
   return [[acc[c] for acc in per_seed if c in acc] for c in columns]
 
 
-def _header(columns: Sequence[str]) -> List[str]:
+def _header(columns: Sequence[str]) -> list[str]:
   return ['| | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
 
 
-def grid_table(rows: Sequence[Row], dataset: Optional[str], source: str = 'suite',
+def grid_table(rows: Sequence[Row], dataset: str | None, source: str = 'suite',
                columns: Sequence[str] = PAPER_COLUMNS, with_paper: bool = True) -> str:
   """Markdown: each of our rows, followed by the paper's row of the same defence when known."""
   paper = PAPER_TABLE6.get(dataset or '', {}) if with_paper else {}
@@ -265,7 +265,7 @@ def difference_table(rows: Sequence[Row], source: str = 'suite',
   return '\n'.join(lines)
 
 
-def format_report(rows: Sequence[Row], dataset: Optional[str] = None) -> str:
+def format_report(rows: Sequence[Row], dataset: str | None = None) -> str:
   """Every table: the paper grid, A^3, strong attacks + worst case, closing eval, runs."""
   if not rows:
     raise ValueError('No rows to report.')
@@ -296,7 +296,7 @@ def format_report(rows: Sequence[Row], dataset: Optional[str] = None) -> str:
   return '\n\n'.join(blocks) + '\n'
 
 
-def collect_json(rows: Sequence[Row]) -> Dict[str, object]:
+def collect_json(rows: Sequence[Row]) -> dict[str, object]:
   """Everything `format_report` shows, as JSON (per row and seed, accuracies in percent)."""
   out = {}
   for row in rows:

@@ -23,7 +23,7 @@ of an image is the union of its boxes.
 
 import dataclasses
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Sequence
 from xml.etree import ElementTree
 
 import numpy as np
@@ -43,10 +43,10 @@ class Annotation:
   image_path: str
   label: int
   boxes: np.ndarray
-  size: Tuple[int, int]
+  size: tuple[int, int]
 
 
-def read_synsets(path: str) -> List[str]:
+def read_synsets(path: str) -> list[str]:
   """The WordNet ids of classes 0..N-1: the first word of each non-empty line."""
   with open(path) as f:
     wnids = [line.split()[0] for line in f if line.strip()]
@@ -101,9 +101,9 @@ def parse_annotation(xml_path: str, images_dir: str, class_index: dict) -> Annot
                     np.array(boxes, np.float64), (height, width))
 
 
-def read_annotations(imagenet_dir: str, *, num_examples: Optional[int] = None,
-                     images_dir: Optional[str] = None, boxes_dir: Optional[str] = None,
-                     synsets_file: Optional[str] = None) -> List[Annotation]:
+def read_annotations(imagenet_dir: str, *, num_examples: int | None = None,
+                     images_dir: str | None = None, boxes_dir: str | None = None,
+                     synsets_file: str | None = None) -> list[Annotation]:
   """The annotations of the first `num_examples` validation images (sorted by file name).
 
   Args:
@@ -116,11 +116,11 @@ def read_annotations(imagenet_dir: str, *, num_examples: Optional[int] = None,
   synsets_file = synsets_file or os.path.join(imagenet_dir, 'synsets.txt')
   for path, what in ((images_dir, 'the validation JPEGs'), (boxes_dir, 'the box XML files')):
     if not os.path.isdir(path):
-      raise FileNotFoundError(f'{path} (for {what}) not found; see aad_tf/imagenet_boxes.py for '
-                              'the expected layout.')
+      raise FileNotFoundError(f'{path} (for {what}) not found; see '
+                              'aad_tf/data/imagenet_boxes.py for the expected layout.')
   if not os.path.isfile(synsets_file):
     raise FileNotFoundError(f'{synsets_file} (class i = line i) not found; see '
-                            'aad_tf/imagenet_boxes.py.')
+                            'aad_tf/data/imagenet_boxes.py.')
   class_index = {wnid: i for i, wnid in enumerate(read_synsets(synsets_file))}
   files = sorted(f for f in os.listdir(boxes_dir) if f.endswith('.xml'))
   if not files:
@@ -134,8 +134,8 @@ def read_annotations(imagenet_dir: str, *, num_examples: Optional[int] = None,
   return annotations
 
 
-def batches(annotations: Sequence[Annotation], *, image_size: Tuple[int, int], batch_size: int
-            ) -> Iterator[Tuple[np.ndarray, np.ndarray, List[np.ndarray]]]:
+def batches(annotations: Sequence[Annotation], *, image_size: tuple[int, int], batch_size: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
   """Yields (x float32 [B, H, W, 3] in [0, 1], y int32 [B], B boxes [K, 4] in input pixels)."""
   height, width = (int(v) for v in image_size)
   paths = [a.image_path for a in annotations]
