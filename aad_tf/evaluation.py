@@ -49,12 +49,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aad_tf import apgd as apgd_lib
+from aad_tf.attacks import apgd as apgd_lib
 from aad_tf import attacks as attacks_lib
-from aad_tf import autoattack as autoattack_lib
-from aad_tf import fab as fab_lib
+from aad_tf.attacks import autoattack as autoattack_lib
+from aad_tf.attacks import fab as fab_lib
 from aad_tf import gradcam as gradcam_lib
-from aad_tf import square as square_lib
+from aad_tf.attacks import square as square_lib
 
 DEFAULT_EPS = {'mnist': 0.3, 'cifar10': 8 / 255, 'imagenet': 16 / 255, 'boxed_mnist': 0.3}
 

@@ -35,7 +35,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from aad_tf import autoattack
+from aad_tf.attacks import autoattack
 from aad_tf import data as data_lib
 
 FLAGS = flags.FLAGS

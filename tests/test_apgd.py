@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import eval_models
-from aad_tf import apgd
+from aad_tf.attacks import apgd
 from aad_tf import attacks
 
 
