@@ -45,7 +45,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from aad_tf import attacks
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import gradcam as gradcam_lib
 
 CLASS_NAMES = {

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import figures
 from aad_tf import training
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import gradcam
 from aad_tf import losses
 from aad_tf import models
@@ -14,10 +14,10 @@ from aad_tf import models
 def make(defense_name='madry', aad=True, **kwargs):
   keras.utils.set_random_seed(0)
   classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
-  config = defense.DefenseConfig(defense=defense_name, aad=aad,
-                                 attack=defense.AttackConfig(step_size=0.1, num_steps=2),
+  config = defenses.DefenseConfig(defense=defense_name, aad=aad,
+                                 attack=defenses.AttackConfig(step_size=0.1, num_steps=2),
                                  **kwargs)
-  model = defense.AADModel(classifier, 'gradcam', config)
+  model = defenses.AADModel(classifier, 'gradcam', config)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   return model
 
@@ -71,8 +71,8 @@ def test_preservation_gradient_reaches_the_head_through_gradcam(batch):
   to an explicit nested-tape computation. Dropout off (keep_prob 1) so both see one network."""
   keras.utils.set_random_seed(0)
   classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10, keep_prob=1.0)
-  config = defense.DefenseConfig(defense='madry', aad=True, alpha=0.0, beta=1.0)
-  model = defense.AADModel(classifier, 'gradcam', config)
+  config = defenses.DefenseConfig(defense='madry', aad=True, alpha=0.0, beta=1.0)
+  model = defenses.AADModel(classifier, 'gradcam', config)
   x, y = batch
   x_adv = tf.clip_by_value(x + 0.1 * tf.sign(tf.random.normal(tf.shape(x), seed=1)), 0, 1)
   head = classifier.get_layer('logits').kernel
@@ -109,9 +109,9 @@ def test_hard_mask_is_a_constant(batch):
 ])
 def test_bad_config_fails_early(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    defense.DefenseConfig(**kwargs)
+    defenses.DefenseConfig(**kwargs)
 
 
 def test_attack_config_validation():
   with pytest.raises(ValueError, match='eps'):
-    defense.AttackConfig(eps=3.0)
+    defenses.AttackConfig(eps=3.0)

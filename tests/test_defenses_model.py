@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import gradcam
 from aad_tf import losses
 from aad_tf import models
@@ -19,10 +19,10 @@ def lenet_model(aad=True, *, eps=0.3, base='madry', seed=0, optimizer=None, **kw
   """LeNet (dropout keep 0.5) in an AADModel; eps=0 makes x_adv = x."""
   keras.utils.set_random_seed(seed)
   classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
-  config = defense.DefenseConfig(
+  config = defenses.DefenseConfig(
       defense=base, aad=aad,
-      attack=defense.AttackConfig(eps=eps, step_size=0.1, num_steps=2), **kwargs)
-  model = defense.AADModel(classifier, 'gradcam', config)
+      attack=defenses.AttackConfig(eps=eps, step_size=0.1, num_steps=2), **kwargs)
+  model = defenses.AADModel(classifier, 'gradcam', config)
   model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
   model.optimizer.build(model.trainable_variables)
   return model
@@ -92,10 +92,10 @@ def test_one_batchnorm_update_per_step_with_aad():
   results = {}
   for base, mode in (('madry', 'inference'), ('alp', 'inference'), ('madry', 'training')):
     classifier = bn_classifier()
-    config = defense.DefenseConfig(
+    config = defenses.DefenseConfig(
         defense=base, aad=True, attention_mode=mode, alpha=1.0, beta=1.0,
-        attack=defense.AttackConfig(eps=0.0, step_size=0.1, num_steps=1))
-    model = defense.AADModel(classifier, 'gradcam', config)
+        attack=defenses.AttackConfig(eps=0.0, step_size=0.1, num_steps=1))
+    model = defenses.AADModel(classifier, 'gradcam', config)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     bn = classifier.get_layer('bn')
     # The step's forward pass uses the weights before the update.
@@ -225,4 +225,4 @@ def test_diagnostics_measure_each_term_against_the_base_loss(batch):
 ])
 def test_bad_aad_settings_fail_early(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    defense.DefenseConfig(aad=True, **kwargs)
+    defenses.DefenseConfig(aad=True, **kwargs)

@@ -12,7 +12,7 @@ from absl import flags
 from aad_tf import attacks
 from aad_tf import base_defenses
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import export as export_lib
 from aad_tf import overfitting
 from trainers import main
