@@ -1,103 +1,14 @@
-"""The AAD training step: weights change, losses finite, gradients reach the head through Grad-CAM."""
+"""Tests for aad_tf.defenses.base: the configs, hyperparameter declarations, the registry, and
+config.json in the layout of today and of runs written before each defense owned its
+hyperparameters."""
 
-import keras
-import numpy as np
+import dataclasses
+import json
+
 import pytest
-import tensorflow as tf
 
 from aad_tf import defenses
-from aad_tf import gradcam
-from aad_tf import losses
-from aad_tf import models
-
-
-def make(defense_name='madry', aad=True, **kwargs):
-  keras.utils.set_random_seed(0)
-  classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
-  config = defenses.DefenseConfig(defense=defense_name, aad=aad,
-                                 attack=defenses.AttackConfig(step_size=0.1, num_steps=2),
-                                 **kwargs)
-  model = defenses.AADModel(classifier, 'gradcam', config)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3))
-  return model
-
-
-@pytest.fixture(scope='module')
-def batch(mnist_arrays):
-  return (tf.constant(mnist_arrays.x_train[:16]), tf.constant(mnist_arrays.y_train[:16]))
-
-
-@pytest.mark.parametrize('name, aad', [('none', False), ('madry', False), ('madry', True),
-                                       ('alp', False), ('alp', True)])
-def test_train_step_changes_weights_and_losses_are_finite(name, aad, batch):
-  model = make(name, aad)
-  before = [v.numpy().copy() for v in model.classifier.trainable_variables]
-  logs = tf.function(model.train_step)(batch)
-  for key, value in logs.items():
-    assert np.isfinite(float(value)), key
-  expected = {'loss', 'class_loss', 'clean_acc'}
-  expected |= {'adv_acc'} if name != 'none' else set()
-  expected |= {'pair_loss'} if name == 'alp' else set()
-  expected |= {'rect_loss', 'pres_loss'} if aad else set()
-  assert set(logs) == expected
-  after = model.classifier.trainable_variables
-  assert all(np.any(b != a.numpy()) for b, a in zip(before, after))
-
-
-def test_aad_loss_is_the_weighted_sum_of_its_terms(batch):
-  model = make('madry', True, alpha=0.3, beta=0.2)
-  x, y = batch
-  x_adv = x + 0.05
-  loss, parts, _, _ = model.compute_losses(x, y, tf.clip_by_value(x_adv, 0, 1))
-  expected = parts['class_loss'] + 0.3 * parts['rect_loss'] + 0.2 * parts['pres_loss']
-  np.testing.assert_allclose(parts['loss'].numpy(), expected.numpy(), rtol=1e-6)
-  np.testing.assert_allclose(loss.numpy(), expected.numpy().mean(), rtol=1e-6)
-  assert np.all(parts['rect_loss'].numpy() <= 0)
-  assert np.all(parts['pres_loss'].numpy() >= 0)
-
-
-def explicit_gradcam(features, images, labels):
-  """Grad-CAM written out with its own nested tape, independently of aad_tf.gradcam."""
-  with tf.GradientTape() as inner:
-    inner.watch(images)
-    a, logits = features(images, training=True)
-    score = tf.reduce_sum(tf.gather(logits, labels, batch_dims=1))
-  weights = tf.reduce_mean(inner.gradient(score, a), axis=[1, 2], keepdims=True)
-  return tf.nn.relu(tf.reduce_sum(weights * a, axis=-1))
-
-
-def test_preservation_gradient_reaches_the_head_through_gradcam(batch):
-  """L_p alone gives the head a gradient (via the Grad-CAM channel weights, second order) equal
-  to an explicit nested-tape computation. Dropout off (keep_prob 1) so both see one network."""
-  keras.utils.set_random_seed(0)
-  classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10, keep_prob=1.0)
-  config = defenses.DefenseConfig(defense='madry', aad=True, alpha=0.0, beta=1.0)
-  model = defenses.AADModel(classifier, 'gradcam', config)
-  x, y = batch
-  x_adv = tf.clip_by_value(x + 0.1 * tf.sign(tf.random.normal(tf.shape(x), seed=1)), 0, 1)
-  head = classifier.get_layer('logits').kernel
-  with tf.GradientTape() as tape:
-    _, parts, _, _ = model.compute_losses(x, y, x_adv)
-    pres = losses.average(parts['pres_loss'])
-  grad = tape.gradient(pres, head).numpy()
-
-  features = gradcam.FeatureModel(classifier, 'gradcam')
-  with tf.GradientTape() as outer:
-    reference = tf.reduce_mean(tf.reduce_sum(tf.abs(
-        explicit_gradcam(features, x, y) - explicit_gradcam(features, x_adv, y)), axis=[1, 2]))
-  expected = outer.gradient(reference, head).numpy()
-  assert np.abs(expected).max() > 0
-  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
-
-
-def test_hard_mask_is_a_constant(batch):
-  """No gradient flows through the hard mask Att(x) (paper: the mask is a constant)."""
-  x, _ = batch
-  cam = tf.random.uniform([16, 14, 14])
-  with tf.GradientTape() as tape:
-    tape.watch(cam)
-    masked = gradcam.mask_attention(x, cam)
-  assert tape.gradient(masked, cam) is None
+from aad_tf import training
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -115,3 +26,150 @@ def test_bad_config_fails_early(kwargs, match):
 def test_attack_config_validation():
   with pytest.raises(ValueError, match='eps'):
     defenses.AttackConfig(eps=3.0)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(gradcam_normalize='l2'), 'normalize'),
+    (dict(attention_mode='eval'), 'attention_mode'),
+])
+def test_bad_aad_settings_fail_early(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    defenses.DefenseConfig(aad=True, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameters and the registry.
+
+def test_registry_holds_every_family():
+  assert sorted(defenses.BASE_DEFENSES) == ['alp', 'ensemble', 'madry', 'none', 'stepll',
+                                            'trades']
+  assert not defenses.get_defense('none').adversarial
+  for name in ('madry', 'alp', 'stepll', 'ensemble', 'trades'):
+    assert defenses.get_defense(name).adversarial
+  with pytest.raises(ValueError, match='defense must be one of'):
+    defenses.get_defense('typo')
+
+
+def test_metric_names_come_from_the_registry():
+  assert defenses.metric_names() == ('loss', 'class_loss', 'pair_loss', 'kl_loss', 'rect_loss',
+                                     'pres_loss')
+
+
+@pytest.mark.parametrize('name, hparams', [
+    ('madry', {}), ('none', {}), ('alp', {'alp_weight': 0.5}), ('trades', {'trades_beta': 6.0}),
+    ('stepll', {'stepll_random_step': 0.0}),
+])
+def test_each_defense_declares_its_hyperparameters_with_defaults(name, hparams):
+  assert dataclasses.asdict(defenses.DefenseConfig(defense=name).hparams) == hparams
+
+
+@pytest.mark.parametrize('name, hparams, match', [
+    ('trades', {'trades_beta': -1.0}, 'trades_beta must be >= 0'),
+    ('alp', {'alp_weight': -0.1}, 'alp_weight'),
+    ('stepll', {'stepll_random_step': 1.0}, r'stepll_random_step is a fraction of eps in \[0, 1\)'),
+    ('madry', {'alp_weight': 0.5}, "'madry' has no hyperparameter alp_weight"),
+    ('trades', {'trades_bet': 1.0}, 'its hyperparameters: trades_beta'),
+])
+def test_bad_hyperparameters_fail_early(name, hparams, match):
+  with pytest.raises(ValueError, match=match):
+    defenses.DefenseConfig(defense=name, hparams=hparams)
+
+
+def test_hparams_follow_a_change_of_defense():
+  trades = defenses.DefenseConfig(defense='trades', hparams={'trades_beta': 2.0})
+  assert trades.hparams.trades_beta == 2.0
+  madry = dataclasses.replace(trades, defense='madry')
+  assert dataclasses.asdict(madry.hparams) == {}
+  # A hyperparameter both defenses declare (one declaration) is kept.
+  ensemble = defenses.DefenseConfig(defense='ensemble', hparams={
+      'stepll_random_step': 0.5, 'ensemble_models': ['a.keras']})
+  stepll = dataclasses.replace(ensemble, defense='stepll')
+  assert dataclasses.asdict(stepll.hparams) == {'stepll_random_step': 0.5}
+
+
+def test_map_paths_changes_path_hyperparameters_only():
+  config = defenses.DefenseConfig(defense='ensemble', hparams={
+      'ensemble_models': ['a.keras', 'b'], 'stepll_random_step': 0.25})
+  mapped = config.map_paths(lambda p: '/abs/' + p)
+  assert mapped.hparams.ensemble_models == ('/abs/a.keras', '/abs/b')
+  assert mapped.hparams.stepll_random_step == 0.25
+  madry = defenses.DefenseConfig()
+  assert madry.map_paths(lambda p: '/abs/' + p) is madry
+
+
+def test_register_refuses_clashes():
+  with pytest.raises(ValueError, match='already registered'):
+    defenses.register_defense('madry', defenses.get_defense('madry'))
+
+  class Clash(defenses.BaseDefense):
+    metric_names = ('rect_loss',)
+
+    def loss(self, y, clean_logits, adv_logits, config):
+      raise NotImplementedError
+
+  with pytest.raises(ValueError, match='metric_names'):
+    defenses.register_defense('clash_test', Clash())
+
+  @dataclasses.dataclass(frozen=True)
+  class OtherTrades(defenses.Hyperparameters):
+    trades_beta: float = defenses.hyperparameter(1.0, 'Another declaration.')
+
+  class Redeclares(Clash):
+    metric_names = ('class_loss',)
+    hyperparameters = OtherTrades
+
+  with pytest.raises(ValueError, match="'trades_beta' is declared differently"):
+    defenses.register_defense('clash_test', Redeclares())
+  assert 'clash_test' not in defenses.BASE_DEFENSES
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json: today's layout and the flat one of older runs.
+
+# The "defense" of a config.json written before issue 16 (flat hyperparameters of every family).
+OLD_DEFENSE = {
+    'defense': 'trades', 'aad': True, 'alpha': 0.01, 'beta': 0.02, 'kappa': 'mean',
+    'classification_loss': 'ce', 'alp_weight': 0.5,
+    'attack': {'eps': 0.3, 'step_size': 0.01, 'num_steps': 40, 'random_init': True,
+               'warmup_steps': 0},
+    'trades_beta': 2.0, 'stepll_random_step': 0.0, 'ensemble_models': [],
+    'ensemble_attack': 'stepll', 'gradcam_normalize': 'none', 'attention_mode': 'inference'}
+
+
+def test_old_flat_config_json_loads_into_the_defenses_hyperparameters():
+  config = defenses.DefenseConfig.from_json(OLD_DEFENSE)
+  assert config == defenses.DefenseConfig(
+      defense='trades', aad=True, beta=0.02, hparams={'trades_beta': 2.0})
+  ensemble = defenses.DefenseConfig.from_json(
+      {**OLD_DEFENSE, 'defense': 'ensemble', 'aad': False, 'ensemble_models': ['s.keras'],
+       'stepll_random_step': 0.5})
+  assert dataclasses.asdict(ensemble.hparams) == {
+      'stepll_random_step': 0.5, 'ensemble_models': ('s.keras',), 'ensemble_attack': 'stepll'}
+
+
+def test_new_config_json_round_trips():
+  config = defenses.DefenseConfig(defense='alp', aad=True, hparams={'alp_weight': 0.25},
+                                  attack=defenses.AttackConfig(eps=0.1, num_steps=3))
+  payload = json.loads(json.dumps(dataclasses.asdict(config)))
+  assert payload['hparams'] == {'alp_weight': 0.25} and 'alp_weight' not in payload
+  assert defenses.DefenseConfig.from_json(payload) == config
+
+
+def train_config(tmp_path, defense):
+  return training.TrainConfig(model_dir=str(tmp_path), train_steps=2, defense=defense)
+
+
+def test_resume_compares_an_old_config_json_field_by_field(tmp_path):
+  old = {**train_config(tmp_path, defenses.DefenseConfig()).to_json(), 'defense': OLD_DEFENSE}
+  old = json.loads(json.dumps(old))
+  loaded = training.config_from_json(old)
+  assert loaded.defense.hparams.trades_beta == 2.0
+  same = train_config(tmp_path, defenses.DefenseConfig.from_json(OLD_DEFENSE))
+  assert training.config_differences(old, same) == {}
+  changed = train_config(tmp_path, dataclasses.replace(
+      same.defense, hparams={'trades_beta': 3.0}))
+  assert training.config_differences(old, changed) == {
+      'defense.hparams.trades_beta': (2.0, 3.0)}
+  new = json.loads(json.dumps(changed.to_json()))
+  assert training.config_differences(new, changed) == {}
+  assert training.config_differences(new, same) == {'defense.hparams.trades_beta': (3.0, 2.0)}
