@@ -317,7 +317,3 @@ def _flat_gradient(grads, variables) -> tf.Tensor:
   return tf.concat([tf.reshape(tf.zeros_like(v, tf.float32) if g is None else
                                tf.cast(g, tf.float32), [-1]) for g, v in zip(grads, variables)],
                    axis=0)
-
-
-# Registers 'stepll', 'ensemble' and 'trades', so the registry is complete whenever this module is.
-from aad_tf import base_defenses  # noqa: E402,F401  pylint: disable=g-import-not-at-top
