@@ -31,7 +31,7 @@ CARD_NAME = 'MODEL_CARD.md'
 INFO_NAME = 'model_info.json'
 NOT_EVALUATED = 'not evaluated'
 AUTOATTACK = 'autoattack'
-# The threat model of every attack in aad_tf (attacks.py, apgd.py, square.py).
+# The threat model of every attack in aad_tf (the aad_tf.attacks package).
 THREAT_MODEL = 'Linf'
 
 _DEFENSE_NAMES = {'none': 'standard training (no adversarial examples)',

@@ -9,8 +9,8 @@ earlier attack still classify correctly, and an example counts as robust only if
   2. APGD-T    targeted DLR loss towards each of the 9 classes ranked highest after the first on
                the clean input, 100 iterations and 1 random start each;
   3. FAB-T     targeted FAB towards the same 9 classes, 100 iterations each, started at x,
-               alpha_max 0.1, eta 1.05, beta 0.9 (`aad_tf.fab`);
-  4. Square    5000 queries, p_init 0.8, 1 restart (`aad_tf.square`).
+               alpha_max 0.1, eta 1.05, beta 0.9 (`aad_tf.attacks.fab`);
+  4. Square    5000 queries, p_init 0.8, 1 restart (`aad_tf.attacks.square`).
 
 Everything, the subsets included, is one graph: `autoattack` traces once inside a `tf.function`
 and copies nothing to the host between attacks.
