@@ -9,7 +9,6 @@ from absl import app
 from absl import flags
 
 from aad_tf import data as data_lib
-from aad_tf import defenses
 from aad_tf import overfitting
 from defense_models import tiny_classifier
 from trainers import common_flags

@@ -173,3 +173,16 @@ def test_resume_compares_an_old_config_json_field_by_field(tmp_path):
   new = json.loads(json.dumps(changed.to_json()))
   assert training.config_differences(new, changed) == {}
   assert training.config_differences(new, same) == {'defense.hparams.trades_beta': (3.0, 2.0)}
+
+
+def test_an_old_run_directory_loads_and_resumes(tmp_path, monkeypatch):
+  old = {**train_config(tmp_path, defenses.DefenseConfig()).to_json(), 'defense': OLD_DEFENSE}
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  # check_resume compares only when the run has checkpoints.
+  monkeypatch.setattr(training.checkpointing, 'checkpoints_newest_first', lambda d: ['ckpt-1'])
+  same = train_config(tmp_path, defenses.DefenseConfig.from_json(OLD_DEFENSE))
+  assert training.load_config(str(tmp_path)) == same
+  assert training.check_resume(same) == {}
+  changed = train_config(tmp_path, dataclasses.replace(same.defense, hparams={'trades_beta': 3.0}))
+  with pytest.raises(training.ConfigChangeError, match=r'defense\.hparams\.trades_beta'):
+    training.check_resume(changed)

@@ -113,6 +113,7 @@ def load_static_models(paths: Sequence[str], *, input_shape: Sequence[int],
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleHyperparameters(stepll.StepLLHyperparameters):
+  """The static models and single-step attack of ensemble training (+ StepLL's random step)."""
   ensemble_models: tuple[str, ...] = base.hyperparameter(
       (), 'Static models (.keras files or SavedModel dirs) for --defense=ensemble.', path=True)
   ensemble_attack: str = base.hyperparameter(

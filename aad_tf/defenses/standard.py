@@ -46,6 +46,7 @@ class MadryDefense(base.BaseDefense):
 
 @dataclasses.dataclass(frozen=True)
 class ALPHyperparameters(base.Hyperparameters):
+  """ALP's logit-pairing weight."""
   alp_weight: float = base.hyperparameter(0.5, 'Logit-pairing weight for --defense=alp.',
                                           lower_bound=0.0)
 

@@ -15,6 +15,7 @@ from aad_tf.defenses import standard
 
 @dataclasses.dataclass(frozen=True)
 class StepLLHyperparameters(base.Hyperparameters):
+  """R+Step-LL's random step, a fraction of eps (0: plain StepLL)."""
   stepll_random_step: float = base.hyperparameter(
       0.0, 'Random step before the single step of --defense=stepll / ensemble, as a fraction '
       'of --train_eps in [0, 1) (Tramer et al.: 0.5).', lower_bound=0.0)
