@@ -39,7 +39,7 @@ setuptools.setup(
         'test': ['pytest>=8,<10', 'pillow>=10,<14'],
         'analysis': ['lime>=0.2.0.1,<0.3', 'scikit-image>=0.22,<0.27'],
         # Peer libraries for cross-checks only (benchmarks/autoattack_vs_art.py and the slow
-        # test in tests/test_autoattack.py); ART's AutoAttack imports multiprocess, which ART
+        # test in tests/test_attacks_autoattack.py); ART's AutoAttack imports multiprocess, which ART
         # does not declare.
         'peers': ['adversarial-robustness-toolbox>=1.20.1,<1.21', 'multiprocess>=0.70.19,<0.71'],
     },

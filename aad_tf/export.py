@@ -34,7 +34,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import gradcam as gradcam_lib
 
 INPUT_NAME = 'images'

@@ -32,7 +32,7 @@ CARD_NAME = 'MODEL_CARD.md'
 INFO_NAME = 'model_info.json'
 NOT_EVALUATED = 'not evaluated'
 AUTOATTACK = 'autoattack'
-# The threat model of every attack in aad_tf (attacks.py, apgd.py, square.py).
+# The threat model of every attack in aad_tf (the aad_tf.attacks package).
 THREAT_MODEL = 'Linf'
 
 _DEFENSE_NAMES = {'none': 'standard training (no adversarial examples)',
@@ -93,10 +93,11 @@ def training_recipe(config: Dict[str, Any]) -> Dict[str, Any]:
     parts.append(f'training attack PGD-{attack["num_steps"]} x {attack["step_size"]:.4g} at eps '
                  f'{format_eps(attack["eps"])}'
                  f'{", random start" if attack.get("random_init") else ""}')
+  hparams = defense.get('hparams') or defense  # flat in config.json before issue 16
   if name == 'alp':
-    parts.append(f'logit-pairing weight {defense["alp_weight"]:g}')
+    parts.append(f'logit-pairing weight {hparams["alp_weight"]:g}')
   if name == 'trades':
-    parts.append(f'TRADES beta {defense["trades_beta"]:g}')
+    parts.append(f'TRADES beta {hparams["trades_beta"]:g}')
   if defense['aad']:
     parts.append(f'+ AAD (alpha {defense["alpha"]:g}, beta {defense["beta"]:g}, kappa '
                  f'{defense["kappa"]})')

@@ -35,7 +35,7 @@ import tensorflow as tf
 from absl import logging
 from tensorboard.plugins.hparams import api as hp
 
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import figures
 
 LOG_SUBDIR = 'tensorboard'
@@ -70,7 +70,7 @@ class TrainSummaries(keras.callbacks.Callback):
   """Writes scalars, activation-map images and hparams of a training run.
 
   Use with `aad_tf.training.train(config, callbacks=[...])`. The model must be an
-  `defense.AADModel` (its classifier, Grad-CAM layer and training attack are used), unless
+  `defenses.AADModel` (its classifier, Grad-CAM layer and training attack are used), unless
   `gradcam_layer` and `attack` are given, in which case any functional classifier works.
 
   Args:
@@ -217,8 +217,7 @@ class TrainSummaries(keras.callbacks.Callback):
 
   def _write_diagnostics(self) -> None:
     """aad/* scalars of the diagnostic batch (AAD models only); call inside the writer."""
-    config = getattr(self.model, 'config', None)
-    if self._diagnostic_batch is None or not getattr(config, 'aad', False):
+    if self._diagnostic_batch is None or not self._model_spec().aad:
       return
     started = time.time()
     values = {name: float(value) for name, value in
@@ -246,16 +245,21 @@ class TrainSummaries(keras.callbacks.Callback):
     optimizer = getattr(optimizer, 'inner_optimizer', optimizer)  # LossScaleOptimizer
     return float(tf.convert_to_tensor(optimizer.learning_rate))
 
+  def _model_spec(self) -> defense_lib.SummarySpec:
+    """The classifier, Grad-CAM layer, attack and AAD switch of the model being trained."""
+    if isinstance(self.model, defense_lib.AADModel):
+      return self.model.summary_spec()
+    return defense_lib.SummarySpec(classifier=self.model)
+
   def _panel_maker(self) -> figures.PanelMaker:
     if self._maker is None:
-      model = self.model
-      classifier = getattr(model, 'classifier', model)
-      layer = self._gradcam_layer or getattr(getattr(model, 'features', None), 'layer_name', None)
-      attack = self._attack or getattr(getattr(model, 'config', None), 'attack', None)
+      spec = self._model_spec()
+      layer = self._gradcam_layer or spec.gradcam_layer
+      attack = self._attack or spec.attack
       if layer is None or attack is None:
         raise ValueError('TrainSummaries draws activation maps of an AADModel; for another model '
                          'pass gradcam_layer= and attack=.')
-      self._maker = figures.PanelMaker(classifier, layer, attack)
+      self._maker = figures.PanelMaker(spec.classifier, layer, attack)
     return self._maker
 
   def _write_images(self, step: int) -> None:

@@ -26,7 +26,7 @@ from absl import logging
 
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import distribute
 from aad_tf import files
 from aad_tf import models
@@ -487,9 +487,8 @@ def config_from_json(payload: Dict[str, Any]) -> TrainConfig:
     return cls(**{k: v for k, v in values.items() if k in names})
 
   payload = dict(payload)
-  defense = dict(payload.get('defense') or {})
-  defense['attack'] = build(defense_lib.AttackConfig, defense.get('attack') or {})
-  payload['defense'] = build(defense_lib.DefenseConfig, defense)
+  # Reads the layout of runs written before each defense owned its hyperparameters too.
+  payload['defense'] = defense_lib.DefenseConfig.from_json(payload.get('defense') or {})
   return build(TrainConfig, payload)
 
 

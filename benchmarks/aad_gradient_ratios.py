@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import training
 

@@ -6,7 +6,7 @@ r"""AutoAttack (standard version, aad-tf native) against ART 1.20's AutoAttack, 
 Both attack the same classifier on the same first --num_examples MNIST test images at the same
 eps, one after the other in this process (ours first), and report the robust accuracy, the
 wall time and the process CPU time (robust to other jobs sharing the machine), and how many
-examples the two call robust differently. Ours is `aad_tf.autoattack.autoattack_stages`, one
+examples the two call robust differently. Ours is `aad_tf.attacks.autoattack.autoattack_stages`, one
 compiled graph (the time includes tracing); it is what `trainers.evaluate --attacks=autoattack`
 runs.
 
@@ -35,7 +35,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from aad_tf import autoattack
+from aad_tf.attacks import autoattack
 from aad_tf import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -152,7 +152,7 @@ def to_markdown(result) -> str:
 
 NOTES = '''## What is compared
 
-- **aad-tf**: `aad_tf.autoattack`, the standard version as the reference `run_standard_evaluation`
+- **aad-tf**: `aad_tf.attacks.autoattack`, the standard version as the reference `run_standard_evaluation`
   runs it: APGD-CE (100 iterations, 1 random start), APGD-T (targeted DLR towards the 9 classes
   ranked highest after the first on the clean input, 100 iterations each), FAB-T (the same 9
   targets, 100 iterations each, alpha_max 0.1, eta 1.05, beta 0.9), Square (5000 queries,

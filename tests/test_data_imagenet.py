@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from aad_tf import data as data_lib
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import training
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +136,7 @@ def test_training_streams_imagenet(builder, tmp_path):
       model_dir=str(tmp_path / 'run'), dataset='imagenet', data_dir=data_dir, model='resnet9',
       image_size=SIZE, batch_size=2, train_steps=4, optimizer='sgd', learning_rate=0.01,
       augment='inception_crop_flip', checkpoint_every=2, log_every=1,
-      defense=defense.DefenseConfig(defense='madry', aad=True, attack=defense.AttackConfig(
+      defense=defenses.DefenseConfig(defense='madry', aad=True, attack=defenses.AttackConfig(
           eps=16 / 255, step_size=8 / 255, num_steps=1)))
   model = training.train(config)
   assert int(model.optimizer.iterations.numpy()) == 4

@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app
 
 from aad_tf import checkpointing
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import export as export_lib
 from aad_tf import files
 from aad_tf import gradcam as gradcam_lib

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import figures
 
 

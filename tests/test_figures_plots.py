@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import figures
 
 

@@ -148,8 +148,7 @@ def test_cpu_budget_rows_share_one_budget(dataset, tmp_path, monkeypatch):
   for row, config in configs.items():
     assert (config.defense.defense, config.defense.aad) == ROWS[row]
   def budget(config):
-    without_defence = dataclasses.replace(
-        config.defense, defense='none', aad=False, alp_weight=0.0)
+    without_defence = dataclasses.replace(config.defense, defense='none', aad=False)
     return dataclasses.replace(config, defense=without_defence)
   budgets = {row: budget(config) for row, config in configs.items()}
   first = next(iter(budgets.values()))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import files
 from aad_tf import model_card
 from aad_tf import training
@@ -19,10 +19,10 @@ def write_run(tmp_path, **changes):
 
 
 def cifar_run(tmp_path):
-  attack = defense.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=7)
+  attack = defenses.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=7)
   return write_run(tmp_path, dataset='cifar10', model='resnet9', batch_size=100,
                    learning_rate=1e-4, epochs=200, augment='pad_crop_flip',
-                   defense=defense.DefenseConfig(defense='madry', aad=True, alpha=0.02,
+                   defense=defenses.DefenseConfig(defense='madry', aad=True, alpha=0.02,
                                                  beta=0.01, attack=attack))
 
 

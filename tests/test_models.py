@@ -137,12 +137,12 @@ def test_inception_v3_rescales_inputs_and_loads_its_weights(tmp_path):
 
 
 def test_aad_training_step_runs_in_mixed_bfloat16(tmp_path):
-  from aad_tf import defense, training  # pylint: disable=g-import-not-at-top
+  from aad_tf import defenses, training  # pylint: disable=g-import-not-at-top
   config = training.TrainConfig(
       model_dir=str(tmp_path), dataset='cifar10', model='resnet9', batch_size=4,
-      mixed_precision=True, defense=defense.DefenseConfig(
+      mixed_precision=True, defense=defenses.DefenseConfig(
           defense='madry', aad=True,
-          attack=defense.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=1)))
+          attack=defenses.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=1)))
   model = training.build_model(config, num_train=100)
   assert keras.config.dtype_policy().name == 'float32'  # the global policy is restored
   assert model.classifier.get_layer('layer1_conv').compute_dtype == 'bfloat16'

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import overfitting
 from aad_tf import training
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import training
 
 WORKER = pathlib.Path(__file__).resolve().parent / 'train_worker.py'
@@ -86,7 +86,7 @@ def tiny_config(model_dir, **overrides):
       model_dir=str(model_dir), dataset='mnist', model='lenet', keep_prob=1.0, batch_size=8,
       train_steps=5, optimizer='sgd', learning_rate=0.01, seed=1, checkpoint_every=1,
       keep_checkpoints=10, log_every=1,
-      defense=defense.DefenseConfig(defense='none'))
+      defense=defenses.DefenseConfig(defense='none'))
   kwargs.update(overrides)
   return training.TrainConfig(**kwargs)
 
@@ -137,7 +137,7 @@ def poison_train_step(monkeypatch, *, at_step, target):
   target 'weights': the first kernel becomes NaN after the update, the loss stays finite (the
   case of a fused kernel that hides a NaN activation; only the check before saving sees it).
   """
-  original = defense.AADModel.train_step
+  original = defenses.AADModel.train_step
 
   def train_step(self, data):
     logs = dict(original(self, data))
@@ -149,7 +149,7 @@ def poison_train_step(monkeypatch, *, at_step, target):
       kernel.assign(tf.where(hit, tf.fill(tf.shape(kernel), np.nan), kernel))
     return logs
 
-  monkeypatch.setattr(defense.AADModel, 'train_step', train_step)
+  monkeypatch.setattr(defenses.AADModel, 'train_step', train_step)
 
 
 def test_loss_guard_stops_on_a_nan_loss_with_finite_weights(tmp_path, monkeypatch):
@@ -298,7 +298,7 @@ def test_resume_refuses_a_changed_defense_and_leaves_the_run_untouched(tmp_path)
   before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
   changed = dataclasses.replace(
       config, train_steps=4, seed=5,
-      defense=defense.DefenseConfig(defense='madry', attack=defense.AttackConfig(num_steps=1)))
+      defense=defenses.DefenseConfig(defense='madry', attack=defenses.AttackConfig(num_steps=1)))
   started = time.time()
   with pytest.raises(training.ConfigChangeError) as raised:
     training.train(changed, arrays)

@@ -16,7 +16,7 @@ import pytest
 
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import export as export_lib
 from aad_tf import files
 from aad_tf import runs
@@ -45,7 +45,7 @@ def run(tmp_path):
   config = training.TrainConfig(
       model_dir=str(tmp_path / 'run'), keep_prob=1.0, batch_size=8, train_steps=4,
       optimizer='sgd', learning_rate=0.01, seed=1, checkpoint_every=2, keep_checkpoints=5,
-      defense=defense.DefenseConfig(defense='none'))
+      defense=defenses.DefenseConfig(defense='none'))
   model = training.train(config, train_worker.tiny_arrays(data_lib))
   keras.utils.set_random_seed(9)
   stale, _ = training.build_classifier(config)

@@ -17,7 +17,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import figures
 from aad_tf import summaries
 from aad_tf import training

@@ -4,7 +4,7 @@ initial_classifier is the run's step 0."""
 import numpy as np
 
 from aad_tf import data as data_lib
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import training
 
 
@@ -13,7 +13,7 @@ def test_resume_applies_the_configured_learning_rate(tmp_path):
   x = rng.random((40, 28, 28, 1), dtype=np.float32)
   y = rng.integers(0, 10, 40).astype(np.int32)
   arrays = data_lib.Arrays(x_train=x, y_train=y, x_test=x, y_test=y)
-  base = dict(model_dir=str(tmp_path), batch_size=20, defense=defense.DefenseConfig(defense='none'),
+  base = dict(model_dir=str(tmp_path), batch_size=20, defense=defenses.DefenseConfig(defense='none'),
               checkpoint_every=1)
   first = training.train(training.TrainConfig(train_steps=1, learning_rate=1e-3, **base), arrays)
   np.testing.assert_allclose(float(first.optimizer.learning_rate.numpy()), 1e-3, rtol=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import training
 
 

@@ -51,21 +51,21 @@ def mirrored_step(spec):
   two = distribute.create_strategy(['cpu:0', 'cpu:1'])  # Before any other TF op.
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from aad_tf import defense, models  # pylint: disable=g-import-not-at-top
+  from aad_tf import defenses, models  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   x = rng.uniform(size=(BATCH, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 10, BATCH).astype(np.int32)
-  config = defense.DefenseConfig(
+  config = defenses.DefenseConfig(
       defense='madry', aad=True,
-      attack=defense.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=2,
+      attack=defenses.AttackConfig(eps=8 / 255, step_size=2 / 255, num_steps=2,
                                   random_init=False))
   results = {}
   for name, strategy in (('one', tf.distribute.get_strategy()), ('two', two)):
     keras.utils.set_random_seed(0)
     with strategy.scope():
       classifier = models.get_model('resnet9', input_shape=(32, 32, 3), num_classes=10, width=4)
-      model = defense.AADModel(classifier, 'gradcam', config)
+      model = defenses.AADModel(classifier, 'gradcam', config)
       model.compile(optimizer=keras.optimizers.SGD(spec.get('learning_rate', 0.005)))
       model.optimizer.build(model.trainable_variables)
     results[f'init_{name}'] = flat(classifier.trainable_weights)
@@ -98,15 +98,15 @@ def train(spec):
   from aad_tf import distribute  # pylint: disable=g-import-not-at-top
   strategy = distribute.create_strategy(spec.get('devices', []))
   from aad_tf import data as data_lib  # pylint: disable=g-import-not-at-top
-  from aad_tf import defense, training  # pylint: disable=g-import-not-at-top
+  from aad_tf import defenses, training  # pylint: disable=g-import-not-at-top
 
   config = training.TrainConfig(
       model_dir=spec['model_dir'], dataset='mnist', model='lenet', keep_prob=0.5,
       batch_size=BATCH, train_steps=spec['train_steps'], optimizer='adam', learning_rate=1e-3,
       augment='pad_crop_flip', seed=3,
-      defense=defense.DefenseConfig(
+      defense=defenses.DefenseConfig(
           defense='madry', aad=True,
-          attack=defense.AttackConfig(eps=0.3, step_size=0.1, num_steps=2, random_init=True)),
+          attack=defenses.AttackConfig(eps=0.3, step_size=0.1, num_steps=2, random_init=True)),
       checkpoint_every=spec.get('checkpoint_every', 2), keep_checkpoints=10,
       log_every=1, deterministic=spec.get('deterministic', False))
   callbacks = [Sleep(spec['sleep'])] if spec.get('sleep') else []

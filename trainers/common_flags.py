@@ -13,10 +13,12 @@ from absl import flags
 
 from aad_tf import data as data_lib
 from aad_tf import training
+from trainers import defense_flags
 
 # Flags holding paths: flags.txt and config.json record them absolute, so that a run replays from
 # any working directory.
-PATH_FLAGS = ('data_dir', 'model_dir', 'manual_dir', 'pretrained_weights', 'ensemble_models')
+PATH_FLAGS = ('data_dir', 'model_dir', 'manual_dir', 'pretrained_weights',
+              *defense_flags.path_flags())
 
 
 def define_common_flags() -> None:
@@ -51,10 +53,9 @@ def absolute_path(path: Optional[str]) -> Optional[str]:
 
 
 def absolute_paths(config: training.TrainConfig) -> training.TrainConfig:
-  """`config` with model_dir, data_dir, manual_dir, pretrained_weights, ensemble_models absolute."""
-  defense = dataclasses.replace(
-      config.defense, ensemble_models=type(config.defense.ensemble_models)(
-          absolute_path(p) for p in config.defense.ensemble_models))
+  """`config` with model_dir, data_dir, manual_dir, pretrained_weights and the defense's path
+  hyperparameters (ensemble_models) absolute."""
+  defense = config.defense.map_paths(absolute_path)
   return dataclasses.replace(
       config, model_dir=absolute_path(config.model_dir), data_dir=absolute_path(config.data_dir),
       manual_dir=absolute_path(config.manual_dir),

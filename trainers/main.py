@@ -19,10 +19,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from aad_tf import base_defenses
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import distribute
 from aad_tf import evaluation
 from aad_tf import export as export_lib
@@ -37,6 +36,7 @@ from aad_tf import summaries
 from aad_tf import training
 from trainers import cli
 from trainers import common_flags
+from trainers import defense_flags
 from trainers import flagfiles
 
 FLAGS = flags.FLAGS
@@ -77,8 +77,6 @@ def define_flags() -> None:
                        '--log_every steps (0: off).', lower_bound=0)
   flags.DEFINE_enum('classification_loss', 'ce', ['ce', 'soft_margin'],
                     'L_c: cross-entropy or multi-label soft margin (the paper).')
-  flags.DEFINE_float('alp_weight', 0.5, 'Logit-pairing weight for --defense=alp.',
-                     lower_bound=0.0)
   flags.DEFINE_float('train_eps', 0.3, 'L-inf radius of the training attack.', lower_bound=0.0,
                      upper_bound=1.0)
   flags.DEFINE_float('train_step_size', 0.01, 'Step size of the training PGD.', lower_bound=0.0)
@@ -87,15 +85,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('train_eps_warmup_steps', 0,
                        'Ramp the training eps (and step size) linearly over this many steps.',
                        lower_bound=0)
-  flags.DEFINE_float('trades_beta', 6.0, "Weight of TRADES' KL term for --defense=trades.",
-                     lower_bound=0.0)
-  flags.DEFINE_float('stepll_random_step', 0.0,
-                     'Random step before the single step of --defense=stepll / ensemble, as a '
-                     'fraction of --train_eps in [0, 1) (Tramer et al.: 0.5).', lower_bound=0.0)
-  flags.DEFINE_list('ensemble_models', [],
-                    'Static models (.keras files or SavedModel dirs) for --defense=ensemble.')
-  flags.DEFINE_enum('ensemble_attack', 'stepll', ['stepll', 'fgsm'],
-                    'Single-step attack of --defense=ensemble.')
+  defense_flags.define_flags()  # each base defense's hyperparameters (--alp_weight, ...)
+  flags.adopt_module_key_flags(defense_flags)
   flags.DEFINE_enum('overfit_guard', 'off', list(overfitting.MODES),
                     'Catastrophic-overfitting guard: off, warn, stop, or rollback (restore the '
                     'last healthy checkpoint and stop).')
@@ -161,10 +152,9 @@ def config_from_flags() -> training.TrainConfig:
     defense = defense_lib.DefenseConfig(
         defense=FLAGS.defense, aad=FLAGS.aad, alpha=FLAGS.alpha, beta=FLAGS.beta,
         kappa=common_flags.parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
-        alp_weight=FLAGS.alp_weight, attack=attack, trades_beta=FLAGS.trades_beta,
-        stepll_random_step=FLAGS.stepll_random_step, ensemble_models=FLAGS.ensemble_models,
-        ensemble_attack=FLAGS.ensemble_attack, gradcam_normalize=FLAGS.gradcam_normalize,
-        attention_mode=FLAGS.attention_mode)
+        attack=attack, gradcam_normalize=FLAGS.gradcam_normalize,
+        attention_mode=FLAGS.attention_mode,
+        hparams=defense_flags.hparams_from_flags(FLAGS.defense))
     config = training.TrainConfig(
         model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         data_source=FLAGS.data_source, download=FLAGS.download, model=model_from_flags(),
@@ -179,10 +169,9 @@ def config_from_flags() -> training.TrainConfig:
         manual_dir=FLAGS.manual_dir, mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic)
     evaluation.standard_attacks(FLAGS.eval_attacks, eps=eval_eps())
-    if defense.defense == 'ensemble':
-      info = data_lib.get_info(FLAGS.dataset)
-      base_defenses.load_static_models(defense.ensemble_models, input_shape=info.image_shape,
-                                       num_classes=info.num_classes)
+    info = data_lib.get_info(FLAGS.dataset)  # e.g. ensemble's static models must fit the data
+    defense_lib.get_defense(defense.defense).check_inputs(
+        defense, input_shape=info.image_shape, num_classes=info.num_classes)
   except ValueError as e:
     raise app.UsageError(f'Invalid flags: {e}') from e
   return config

@@ -21,7 +21,7 @@ Attacks by name (lower-case paper headers; `ALL_ATTACKS` is the full suite):
   fab_t                     targeted FAB (Croce & Hein 2020), 100 iterations towards each of
                             `apgd_target_classes` classes (AutoAttack's FAB-T; optional).
   autoattack                AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square with
-                            5000 queries, each on the examples still robust; `aad_tf.autoattack`),
+                            5000 queries, each on the examples still robust; `aad_tf.attacks.autoattack`),
                             its fixed budgets whatever the settings; optional.
   square                    gradient-free Square Attack (Andriushchenko et al. 2020),
                             `square_queries` queries.
@@ -38,12 +38,12 @@ from typing import Any, Callable, Sequence
 import keras
 import tensorflow as tf
 
-from aad_tf import apgd as apgd_lib
+from aad_tf.attacks import apgd as apgd_lib
 from aad_tf import attacks as attacks_lib
-from aad_tf import autoattack as autoattack_lib
-from aad_tf import fab as fab_lib
+from aad_tf.attacks import autoattack as autoattack_lib
+from aad_tf.attacks import fab as fab_lib
 from aad_tf import gradcam as gradcam_lib
-from aad_tf import square as square_lib
+from aad_tf.attacks import square as square_lib
 
 PAPER_GRID = ('clean', 'fgsm', 'pgd10', 'pgd20', 'pgd40', 'pgd100', 'cw10', 'cw20', 'cw40',
               'cw100')

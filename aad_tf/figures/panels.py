@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from aad_tf import attacks
 from aad_tf import data as data_lib
-from aad_tf import defense as defense_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import gradcam as gradcam_lib
 
 

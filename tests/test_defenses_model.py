@@ -1,7 +1,10 @@
-"""AAD's training step, checked against the same step with each behaviour switched off.
+"""Tests for aad_tf.defenses.model: AADModel's training step with every base defense, and AAD's
+terms checked against the same step with each behaviour switched off.
 
-Noise-free attention passes, one BatchNorm update per step, the adversarial mask from g(x_adv),
-Grad-CAM of the true label, alpha = beta = 0 is Madry, and the aad/* diagnostics.
+Weights change and losses are finite for every family, the loss is the weighted sum of its terms,
+L_p's gradient reaches the head through Grad-CAM, noise-free attention passes, one BatchNorm update
+per step, the adversarial mask from g(x_adv), Grad-CAM of the true label, alpha = beta = 0 is
+Madry, the aad/* diagnostics, and the logged metric names are the defense's.
 """
 
 import keras
@@ -9,20 +12,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aad_tf import defense
+from aad_tf import defenses
 from aad_tf import gradcam
 from aad_tf import losses
 from aad_tf import models
+from defense_models import CLASSES, EPS, images, tiny_classifier
 
 
 def lenet_model(aad=True, *, eps=0.3, base='madry', seed=0, optimizer=None, **kwargs):
   """LeNet (dropout keep 0.5) in an AADModel; eps=0 makes x_adv = x."""
   keras.utils.set_random_seed(seed)
   classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
-  config = defense.DefenseConfig(
+  config = defenses.DefenseConfig(
       defense=base, aad=aad,
-      attack=defense.AttackConfig(eps=eps, step_size=0.1, num_steps=2), **kwargs)
-  model = defense.AADModel(classifier, 'gradcam', config)
+      attack=defenses.AttackConfig(eps=eps, step_size=0.1, num_steps=2), **kwargs)
+  model = defenses.AADModel(classifier, 'gradcam', config)
   model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
   model.optimizer.build(model.trainable_variables)
   return model
@@ -92,10 +96,10 @@ def test_one_batchnorm_update_per_step_with_aad():
   results = {}
   for base, mode in (('madry', 'inference'), ('alp', 'inference'), ('madry', 'training')):
     classifier = bn_classifier()
-    config = defense.DefenseConfig(
+    config = defenses.DefenseConfig(
         defense=base, aad=True, attention_mode=mode, alpha=1.0, beta=1.0,
-        attack=defense.AttackConfig(eps=0.0, step_size=0.1, num_steps=1))
-    model = defense.AADModel(classifier, 'gradcam', config)
+        attack=defenses.AttackConfig(eps=0.0, step_size=0.1, num_steps=1))
+    model = defenses.AADModel(classifier, 'gradcam', config)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     bn = classifier.get_layer('bn')
     # The step's forward pass uses the weights before the update.
@@ -219,10 +223,179 @@ def test_diagnostics_measure_each_term_against_the_base_loss(batch):
     lenet_model(aad=False).aad_diagnostics(x, y)
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(gradcam_normalize='l2'), 'normalize'),
-    (dict(attention_mode='eval'), 'attention_mode'),
+def make(defense_name='madry', aad=True, **kwargs):
+  keras.utils.set_random_seed(0)
+  classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
+  config = defenses.DefenseConfig(defense=defense_name, aad=aad,
+                                 attack=defenses.AttackConfig(step_size=0.1, num_steps=2),
+                                 **kwargs)
+  model = defenses.AADModel(classifier, 'gradcam', config)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  return model
+
+
+@pytest.mark.parametrize('name, aad', [('none', False), ('madry', False), ('madry', True),
+                                       ('alp', False), ('alp', True)])
+def test_train_step_changes_weights_and_losses_are_finite(name, aad, batch):
+  model = make(name, aad)
+  before = [v.numpy().copy() for v in model.classifier.trainable_variables]
+  logs = tf.function(model.train_step)(batch)
+  for key, value in logs.items():
+    assert np.isfinite(float(value)), key
+  expected = {'loss', 'class_loss', 'clean_acc'}
+  expected |= {'adv_acc'} if name != 'none' else set()
+  expected |= {'pair_loss'} if name == 'alp' else set()
+  expected |= {'rect_loss', 'pres_loss'} if aad else set()
+  assert set(logs) == expected
+  after = model.classifier.trainable_variables
+  assert all(np.any(b != a.numpy()) for b, a in zip(before, after))
+
+
+def test_aad_loss_is_the_weighted_sum_of_its_terms(batch):
+  model = make('madry', True, alpha=0.3, beta=0.2)
+  x, y = batch
+  x_adv = x + 0.05
+  loss, parts, _, _ = model.compute_losses(x, y, tf.clip_by_value(x_adv, 0, 1))
+  expected = parts['class_loss'] + 0.3 * parts['rect_loss'] + 0.2 * parts['pres_loss']
+  np.testing.assert_allclose(parts['loss'].numpy(), expected.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(loss.numpy(), expected.numpy().mean(), rtol=1e-6)
+  assert np.all(parts['rect_loss'].numpy() <= 0)
+  assert np.all(parts['pres_loss'].numpy() >= 0)
+
+
+def explicit_gradcam(features, images, labels):
+  """Grad-CAM written out with its own nested tape, independently of aad_tf.gradcam."""
+  with tf.GradientTape() as inner:
+    inner.watch(images)
+    a, logits = features(images, training=True)
+    score = tf.reduce_sum(tf.gather(logits, labels, batch_dims=1))
+  weights = tf.reduce_mean(inner.gradient(score, a), axis=[1, 2], keepdims=True)
+  return tf.nn.relu(tf.reduce_sum(weights * a, axis=-1))
+
+
+def test_preservation_gradient_reaches_the_head_through_gradcam(batch):
+  """L_p alone gives the head a gradient (via the Grad-CAM channel weights, second order) equal
+  to an explicit nested-tape computation. Dropout off (keep_prob 1) so both see one network."""
+  keras.utils.set_random_seed(0)
+  classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10, keep_prob=1.0)
+  config = defenses.DefenseConfig(defense='madry', aad=True, alpha=0.0, beta=1.0)
+  model = defenses.AADModel(classifier, 'gradcam', config)
+  x, y = batch
+  x_adv = tf.clip_by_value(x + 0.1 * tf.sign(tf.random.normal(tf.shape(x), seed=1)), 0, 1)
+  head = classifier.get_layer('logits').kernel
+  with tf.GradientTape() as tape:
+    _, parts, _, _ = model.compute_losses(x, y, x_adv)
+    pres = losses.average(parts['pres_loss'])
+  grad = tape.gradient(pres, head).numpy()
+
+  features = gradcam.FeatureModel(classifier, 'gradcam')
+  with tf.GradientTape() as outer:
+    reference = tf.reduce_mean(tf.reduce_sum(tf.abs(
+        explicit_gradcam(features, x, y) - explicit_gradcam(features, x_adv, y)), axis=[1, 2]))
+  expected = outer.gradient(reference, head).numpy()
+  assert np.abs(expected).max() > 0
+  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_hard_mask_is_a_constant(batch):
+  """No gradient flows through the hard mask Att(x) (paper: the mask is a constant)."""
+  x, _ = batch
+  cam = tf.random.uniform([16, 14, 14])
+  with tf.GradientTape() as tape:
+    tape.watch(cam)
+    masked = gradcam.mask_attention(x, cam)
+  assert tape.gradient(masked, cam) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step per single-step / TRADES family, with and without AAD.
+
+@pytest.fixture(scope='module')
+def static_path(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('static') / 'static.keras')
+  tiny_classifier(seed=7).save(path)
+  return path
+
+
+def family_hparams(name, static_path):
+  """R+Step-LL's random step for the single-step families; ensemble's static model."""
+  if name == 'trades':
+    return None
+  hparams = {'stepll_random_step': 0.5}
+  if name == 'ensemble':
+    hparams['ensemble_models'] = (static_path,)
+  return hparams
+
+
+@pytest.mark.parametrize('aad', [False, True], ids=['plain', 'aad'])
+@pytest.mark.parametrize('name', ['stepll', 'ensemble', 'trades'])
+def test_one_train_step_updates_weights_with_finite_losses(name, aad, static_path):
+  attack = defenses.AttackConfig(eps=EPS, step_size=0.1, num_steps=2)
+  config = defenses.DefenseConfig(
+      defense=name, aad=aad, attack=attack, hparams=family_hparams(name, static_path))
+  classifier = tiny_classifier(seed=11)
+  model = defenses.AADModel(classifier, 'gradcam', config)
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  before = [w.numpy().copy() for w in classifier.trainable_weights]
+  x = images(n=8, seed=4)
+  y = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+  history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+  logs = {k: v[-1] for k, v in history.history.items()}
+  expected = {'loss', 'class_loss', 'clean_acc', 'adv_acc'}
+  expected |= {'kl_loss'} if name == 'trades' else set()
+  expected |= {'rect_loss', 'pres_loss'} if aad else set()
+  assert expected <= set(logs), logs
+  assert all(np.isfinite(v) for v in logs.values()), logs
+  changed = [not np.allclose(b, a.numpy()) for b, a in zip(before, classifier.trainable_weights)]
+  assert all(changed)
+  assert int(model.optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize('name', ['stepll', 'ensemble', 'trades'])
+def test_train_step_under_eps_warmup(name, static_path):
+  # During a warm-up eps is a tensor inside the compiled step: no Python branching on it.
+  attack = defenses.AttackConfig(eps=EPS, step_size=0.1, num_steps=2, warmup_steps=4)
+  config = defenses.DefenseConfig(
+      defense=name, attack=attack, hparams=family_hparams(name, static_path))
+  model = defenses.AADModel(tiny_classifier(seed=2), 'gradcam', config, seed=1)
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  history = model.fit(images(n=8, seed=6), np.arange(8) % CLASSES, batch_size=4, epochs=1,
+                      verbose=0)
+  assert all(np.isfinite(v[-1]) for v in history.history.values())
+  assert int(model.optimizer.iterations.numpy()) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# What the model tells its callers: metric names, the summaries' view.
+
+@pytest.mark.parametrize('name, aad, expected', [
+    ('madry', False, ('loss', 'class_loss')),
+    ('alp', True, ('loss', 'class_loss', 'pair_loss', 'rect_loss', 'pres_loss')),
+    ('trades', False, ('loss', 'class_loss', 'kl_loss')),
 ])
-def test_bad_aad_settings_fail_early(kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    defense.DefenseConfig(aad=True, **kwargs)
+def test_metric_names_are_the_defenses_own(name, aad, expected):
+  model = make(name, aad)
+  assert model.metric_names == expected
+  assert [m.name for m in model.metrics] == [*expected, 'clean_acc', 'adv_acc']
+
+
+def test_summary_spec_names_classifier_layer_attack_and_aad():
+  model = make('madry', True)
+  spec = model.summary_spec()
+  assert spec.classifier is model.classifier and spec.gradcam_layer == 'gradcam'
+  assert spec.attack == model.config.attack and spec.aad
+
+
+def test_a_loss_part_the_defense_does_not_declare_is_refused(batch):
+  class Undeclared(defenses.BaseDefense):
+    def loss(self, y, clean_logits, adv_logits, config):
+      lc = losses.classification(y, adv_logits, config.classification_loss)
+      return lc, {'class_loss': lc, 'extra_loss': lc}
+
+  defenses.register_defense('undeclared_test', Undeclared())
+  try:
+    model = make('undeclared_test', False)
+    with pytest.raises(ValueError, match='extra_loss'):
+      model.train_step(batch)
+  finally:
+    defenses.unregister_defense('undeclared_test')

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import eval_models
-from aad_tf import square
+from aad_tf.attacks import square
 
 
 def authors_p_selection(p_init, it, n_iters):

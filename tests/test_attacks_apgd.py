@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import eval_models
-from aad_tf import apgd
+from aad_tf.attacks import apgd
 from aad_tf import attacks
 
 
@@ -49,7 +49,7 @@ def test_dlr_losses_match_numpy():
 def reference_apgd(w, b, x, y, x_start, eps, n_iter):
   """The authors' APGD-CE loop (autopgd_base.attack_single_run, L-inf) for logits = x W + b.
 
-  Written from the paper / reference code with a loss history, independently of aad_tf.apgd.
+  Written from the paper / reference code with a loss history, independently of aad_tf.attacks.apgd.
   x: [B, d] float64. Returns the adversarial points [B, d].
   """
   def loss_grad(z):

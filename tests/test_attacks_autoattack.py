@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import eval_models
-from aad_tf import apgd
-from aad_tf import autoattack
+from aad_tf.attacks import apgd
+from aad_tf.attacks import autoattack
 from aad_tf import evaluation
 
 

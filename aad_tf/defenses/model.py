@@ -31,14 +31,12 @@ Diagnostics (`AADModel.aad_diagnostics`): on one batch, the gradient norm on the
 alpha * L_r and of beta * L_p relative to that of the base loss, their cosines with it, and the
 maps' statistics; `summaries.TrainSummaries` writes them as aad/* scalars.
 
-Base defenses are small objects (`BaseDefense`) in a registry, so new ones (StepLL, ensemble,
-TRADES...) plug in without touching the step.
+Base defenses are small objects (`base.BaseDefense`) in one registry, each in its own module
+(standard, stepll, ensemble, trades), so new ones plug in without touching the step; the loss parts
+logged are 'loss', the base defense's `metric_names` and, with AAD, 'rect_loss' and 'pres_loss'.
 """
 
-import abc
-import copy
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple, Union
 
 import keras
 import tensorflow as tf
@@ -46,201 +44,8 @@ import tensorflow as tf
 from aad_tf import attacks
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import losses
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackConfig:
-  """The training attack (Madry et al.'s PGD by default).
-
-  Attributes:
-    eps: L-inf radius.
-    step_size: size of each signed step.
-    num_steps: PGD steps.
-    random_init: random start in the ball.
-    warmup_steps: ramp eps and step_size linearly from eps / warmup_steps to their full values
-      over the first warmup_steps optimizer steps (0: no ramp). Adversarial training at MNIST's
-      eps 0.3 from scratch can sit at chance for thousands of steps; a short ramp avoids that.
-  """
-  eps: float = 0.3
-  step_size: float = 0.01
-  num_steps: int = 40
-  random_init: bool = True
-  warmup_steps: int = 0
-
-  def __post_init__(self):
-    attacks.check_eps(self.eps)
-    attacks.check_steps(self.step_size, self.num_steps)
-    if not tf.is_tensor(self.warmup_steps) and self.warmup_steps < 0:
-      raise ValueError(f'warmup_steps must be >= 0, got {self.warmup_steps}.')
-
-  def at_step(self, step: tf.Tensor) -> 'AttackConfig':
-    """This attack at optimizer step `step` (0-based), with the warm-up ramp applied."""
-    if not self.warmup_steps:
-      return self
-    scale = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(self.warmup_steps))
-    return dataclasses.replace(self, eps=self.eps * scale, step_size=self.step_size * scale,
-                               warmup_steps=0)
-
-
-ATTENTION_MODES = ('inference', 'training')
-
-
-@dataclasses.dataclass(frozen=True)
-class DefenseConfig:
-  """What the training step optimises.
-
-  Attributes:
-    defense: base adversarial training, a key of `BASE_DEFENSES` ('none', 'madry', 'alp', ...).
-    aad: add AAD's rectification and preservation losses.
-    alpha: weight of the rectification loss (paper: 0.01).
-    beta: weight of the preservation loss (paper: 0.01).
-    kappa: attention threshold, 'mean' (paper) or a fixed float.
-    classification_loss: 'ce' or 'soft_margin' (the paper's multi-label soft margin).
-    alp_weight: weight of the logit-pairing term for 'alp' (Kannan et al.).
-    attack: the attack crafting training examples.
-    trades_beta: weight of TRADES' KL term (Zhang et al.: 6 on CIFAR-10, 1 on MNIST).
-    stepll_random_step: random step before the single step of 'stepll' / 'ensemble', as a
-      fraction of eps in [0, 1) (0: plain StepLL; Tramer et al.'s R+Step-LL: 0.5).
-    ensemble_models: paths of the static models of 'ensemble' (.keras files or SavedModels).
-    ensemble_attack: single-step attack of 'ensemble', 'stepll' or 'fgsm'.
-    gradcam_normalize: scaling of the Grad-CAM maps that L_p and the masks use, one of
-      `gradcam.NORMALIZATIONS` ('none': raw maps, the TOMM text; 'max'; 'rms_softmax': the
-      authors' TF1 code). See aad_tf.gradcam.
-    attention_mode: 'inference' (noise-free attention passes, one BatchNorm update per step) or
-      'training' (the earlier behaviour); see the module docstring.
-  """
-  defense: str = 'madry'
-  aad: bool = False
-  alpha: float = 0.01
-  beta: float = 0.01
-  kappa: Union[str, float] = 'mean'
-  classification_loss: str = 'ce'
-  alp_weight: float = 0.5
-  attack: AttackConfig = AttackConfig()
-  trades_beta: float = 6.0
-  stepll_random_step: float = 0.0
-  ensemble_models: Tuple[str, ...] = ()
-  ensemble_attack: str = 'stepll'
-  gradcam_normalize: str = 'none'
-  attention_mode: str = 'inference'
-
-  def __post_init__(self):
-    object.__setattr__(self, 'ensemble_models', tuple(self.ensemble_models))
-    if self.defense not in BASE_DEFENSES:
-      raise ValueError(f'defense must be one of {sorted(BASE_DEFENSES)}, got {self.defense!r}.')
-    if self.classification_loss not in losses.CLASSIFICATION_LOSSES:
-      raise ValueError(f'classification_loss must be one of {losses.CLASSIFICATION_LOSSES}, '
-                       f'got {self.classification_loss!r}.')
-    if self.aad and not BASE_DEFENSES[self.defense].adversarial:
-      raise ValueError(f'aad needs adversarial examples; defense {self.defense!r} crafts none '
-                       f'(use madry, alp, ...).')
-    for name in ('alpha', 'beta', 'alp_weight', 'trades_beta'):
-      if getattr(self, name) < 0:
-        raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
-    if isinstance(self.kappa, str) and self.kappa != 'mean':
-      raise ValueError(f"kappa must be 'mean' or a number, got {self.kappa!r}.")
-    if not 0.0 <= self.stepll_random_step < 1.0:
-      raise ValueError(f'stepll_random_step is a fraction of eps in [0, 1), got '
-                       f'{self.stepll_random_step}.')
-    if self.ensemble_attack not in ('stepll', 'fgsm'):
-      raise ValueError(f"ensemble_attack must be 'stepll' or 'fgsm', got {self.ensemble_attack!r}.")
-    gradcam_lib.check_normalize(self.gradcam_normalize)
-    if self.attention_mode not in ATTENTION_MODES:
-      raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got '
-                       f'{self.attention_mode!r}.')
-    BASE_DEFENSES[self.defense].check_config(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Base defenses.
-
-class BaseDefense(abc.ABC):
-  """One base adversarial training: how to craft x_adv and the classification part of the loss.
-
-  Attributes:
-    adversarial: whether `craft` produces adversarial examples.
-    needs_clean_logits: whether `loss` uses training-mode clean logits.
-  """
-  adversarial = True
-  needs_clean_logits = False
-
-  def check_config(self, config: DefenseConfig) -> None:
-    """Raises ValueError if `config` lacks what this defense needs (called by DefenseConfig)."""
-
-  _seed_fn: Optional[Callable[[], tf.Tensor]] = None
-
-  def bind(self, model: 'AADModel') -> 'BaseDefense':
-    """The instance `model` trains with: a copy whose `step_seed` follows the model's step."""
-    bound = copy.copy(self)
-    bound._seed_fn = model.step_seed
-    return bound
-
-  def step_seed(self) -> Optional[tf.Tensor]:
-    """A stateless seed [2] for this step's random draws (None when not bound to a model).
-
-    A function of (model seed, optimizer step, replica), so the draws repeat exactly when a run
-    resumes from a checkpoint; stateful random ops (tf.random.uniform) would restart their stream.
-    """
-    return None if self._seed_fn is None else self._seed_fn()
-
-  def craft(self, model_fn: attacks.ModelFn, x: tf.Tensor, y: tf.Tensor,
-            config: DefenseConfig) -> Optional[tf.Tensor]:
-    a = config.attack
-    return attacks.pgd(model_fn, x, y, eps=a.eps, step_size=a.step_size,
-                       num_steps=a.num_steps, random_init=a.random_init,
-                       seed=self.step_seed() if a.random_init else None)
-
-  @abc.abstractmethod
-  def loss(self, y, clean_logits, adv_logits, config: DefenseConfig
-           ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-    """Returns (per-example loss [B], named per-example parts for metrics)."""
-
-
-class NoDefense(BaseDefense):
-  """Standard training on clean images (the paper's RAW rows)."""
-  adversarial = False
-  needs_clean_logits = True
-
-  def craft(self, model_fn, x, y, config):
-    return None
-
-  def loss(self, y, clean_logits, adv_logits, config):
-    lc = losses.classification(y, clean_logits, config.classification_loss)
-    return lc, {'class_loss': lc}
-
-
-class MadryDefense(BaseDefense):
-  """Madry et al. 2018: train on PGD examples only."""
-
-  def loss(self, y, clean_logits, adv_logits, config):
-    lc = losses.classification(y, adv_logits, config.classification_loss)
-    return lc, {'class_loss': lc}
-
-
-class ALPDefense(BaseDefense):
-  """Kannan et al. 2018: half clean, half PGD, plus logit pairing (mean squared difference)."""
-  needs_clean_logits = True
-
-  def loss(self, y, clean_logits, adv_logits, config):
-    kind = config.classification_loss
-    lc = 0.5 * (losses.classification(y, clean_logits, kind) +
-                losses.classification(y, adv_logits, kind))
-    pair = losses.logit_pairing(clean_logits, adv_logits)
-    return lc + config.alp_weight * pair, {'class_loss': lc, 'pair_loss': pair}
-
-
-BASE_DEFENSES: Dict[str, BaseDefense] = {
-    'none': NoDefense(),
-    'madry': MadryDefense(),
-    'alp': ALPDefense(),
-}
-
-
-def register_defense(name: str, defense: BaseDefense) -> None:
-  """Adds a base defense usable as DefenseConfig(defense=name)."""
-  if name in BASE_DEFENSES:
-    raise ValueError(f'Defense {name!r} is already registered.')
-  BASE_DEFENSES[name] = defense
+from aad_tf.defenses import base
+from aad_tf.defenses.base import DefenseConfig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,18 +60,31 @@ class LossTerms:
   base loss used (None where it needs none).
   """
   base: tf.Tensor
-  parts: Dict[str, tf.Tensor]
-  clean_logits: Optional[tf.Tensor] = None
-  adv_logits: Optional[tf.Tensor] = None
-  rect: Optional[tf.Tensor] = None
-  pres: Optional[tf.Tensor] = None
-  cam: Optional[tf.Tensor] = None
-  adv_cam: Optional[tf.Tensor] = None
-  area: Optional[tf.Tensor] = None
-  adv_area: Optional[tf.Tensor] = None
+  parts: dict[str, tf.Tensor]
+  clean_logits: tf.Tensor | None = None
+  adv_logits: tf.Tensor | None = None
+  rect: tf.Tensor | None = None
+  pres: tf.Tensor | None = None
+  cam: tf.Tensor | None = None
+  adv_cam: tf.Tensor | None = None
+  area: tf.Tensor | None = None
+  adv_area: tf.Tensor | None = None
 
 
-METRIC_NAMES = ('loss', 'class_loss', 'pair_loss', 'kl_loss', 'rect_loss', 'pres_loss')
+@dataclasses.dataclass(frozen=True)
+class SummarySpec:
+  """What `summaries.TrainSummaries` draws and measures of a model (`AADModel.summary_spec`).
+
+  Attributes:
+    classifier: the classifier (images -> logits).
+    gradcam_layer: its Grad-CAM layer (None: unknown).
+    attack: the attack of the adversarial panel (None: unknown).
+    aad: whether the model has AAD's terms (and so `aad_diagnostics`).
+  """
+  classifier: keras.Model
+  gradcam_layer: str | None = None
+  attack: base.AttackConfig | None = None
+  aad: bool = False
 
 
 class AADModel(keras.Model):
@@ -285,9 +103,9 @@ class AADModel(keras.Model):
     self.classifier = classifier
     self.config = config
     self.seed = int(seed)
-    self.base_defense = BASE_DEFENSES[config.defense].bind(self)
+    self.base_defense = base.get_defense(config.defense).bind(self)
     self.features = gradcam_lib.FeatureModel(classifier, gradcam_layer)
-    self._trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+    self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
     self.clean_acc = keras.metrics.SparseCategoricalAccuracy(name='clean_acc')
     self.adv_acc = keras.metrics.SparseCategoricalAccuracy(name='adv_acc')
     self._diagnostics_fn = None
@@ -298,6 +116,17 @@ class AADModel(keras.Model):
   @property
   def metrics(self):
     return list(self._trackers.values()) + [self.clean_acc, self.adv_acc]
+
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """The loss terms a training step logs: 'loss', the base defense's parts, AAD's two."""
+    aad = ('rect_loss', 'pres_loss') if self.config.aad else ()
+    return ('loss',) + tuple(self.base_defense.metric_names) + aad
+
+  def summary_spec(self) -> SummarySpec:
+    """The classifier, Grad-CAM layer, training attack and AAD switch, for summaries."""
+    return SummarySpec(classifier=self.classifier, gradcam_layer=self.features.layer_name,
+                       attack=self.config.attack, aad=self.config.aad)
 
   def step_seed(self) -> tf.Tensor:
     """Stateless seed [2] int64 of this training step: fold_in(fold_in([seed, 0], step), replica).
@@ -332,8 +161,11 @@ class AADModel(keras.Model):
       attention_logits = (clean_attention_logits, adv_attention_logits)
       if training_mode:  # The earlier step: the base loss reuses the attention passes' logits.
         clean_logits, adv_logits = attention_logits
-    base, parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
-    terms = LossTerms(base=base, parts=dict(parts), clean_logits=clean_logits,
+    base_loss, parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
+    if set(parts) != set(self.base_defense.metric_names):
+      raise ValueError(f'Defense {cfg.defense!r} returned the loss parts {tuple(parts)}; it '
+                       f'declares metric_names {tuple(self.base_defense.metric_names)}.')
+    terms = LossTerms(base=base_loss, parts=dict(parts), clean_logits=clean_logits,
                       adv_logits=adv_logits)
     if cfg.aad:
       area = gradcam_lib.attention_area(cam, kappa=cfg.kappa)
@@ -349,7 +181,7 @@ class AADModel(keras.Model):
       terms.cam, terms.adv_cam, terms.area, terms.adv_area = cam, adv_cam, area, adv_area
     return terms
 
-  def training_logits(self, x, x_adv) -> Tuple[Optional[tf.Tensor], Optional[tf.Tensor]]:
+  def training_logits(self, x, x_adv) -> tuple[tf.Tensor | None, tf.Tensor | None]:
     """Training-mode logits of what the base loss needs, in one pass (one BatchNorm update)."""
     need_clean = self.base_defense.needs_clean_logits or x_adv is None
     if x_adv is None:
@@ -360,8 +192,8 @@ class AADModel(keras.Model):
     clean_logits, adv_logits = tf.split(logits, 2, axis=0)
     return clean_logits, adv_logits
 
-  def compute_losses(self, x, y, x_adv) -> Tuple[tf.Tensor, Dict[str, tf.Tensor],
-                                                 Optional[tf.Tensor], Optional[tf.Tensor]]:
+  def compute_losses(self, x, y, x_adv) -> tuple[tf.Tensor, dict[str, tf.Tensor],
+                                                 tf.Tensor | None, tf.Tensor | None]:
     """The full objective on one replica's batch; call under a GradientTape.
 
     Returns:
@@ -386,7 +218,7 @@ class AADModel(keras.Model):
       config = dataclasses.replace(config, attack=config.attack.at_step(self.optimizer.iterations))
     return config
 
-  def aad_diagnostics(self, x, y) -> Dict[str, tf.Tensor]:
+  def aad_diagnostics(self, x, y) -> dict[str, tf.Tensor]:
     """Whether AAD moves the weights, measured on one batch at the current weights.
 
     Crafts x_adv as the training step does, then takes the gradients on the trainable weights of
@@ -395,8 +227,9 @@ class AADModel(keras.Model):
     only if the base loss's training pass would move them, as in a training step).
 
     Returns:
-      Scalars: grad_norm_class |g_c|, grad_ratio_rect |g_r| / |g_c|, grad_ratio_pres |g_p| / |g_c|,
-      cos_rect cos(g_r, g_c), cos_pres cos(g_p, g_c), rect_loss, pres_loss (batch means, unweighted),
+      Scalars: grad_norm_class |g_c|, grad_ratio_rect |g_r| / |g_c|, grad_ratio_pres
+      |g_p| / |g_c|, cos_rect cos(g_r, g_c), cos_pres cos(g_p, g_c), rect_loss, pres_loss (batch
+      means, unweighted),
       map_mean (mean cell of the clean maps), map_max (mean over images of each map's maximum),
       adv_map_mean, area_fraction and adv_area_fraction (fraction of the image inside the clean /
       adversarial attention area), empty_area_fraction (images whose clean or adversarial area is
@@ -484,7 +317,3 @@ def _flat_gradient(grads, variables) -> tf.Tensor:
   return tf.concat([tf.reshape(tf.zeros_like(v, tf.float32) if g is None else
                                tf.cast(g, tf.float32), [-1]) for g, v in zip(grads, variables)],
                    axis=0)
-
-
-# Registers 'stepll', 'ensemble' and 'trades', so the registry is complete whenever this module is.
-from aad_tf import base_defenses  # noqa: E402,F401  pylint: disable=g-import-not-at-top

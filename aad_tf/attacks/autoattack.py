@@ -9,21 +9,19 @@ earlier attack still classify correctly, and an example counts as robust only if
   2. APGD-T    targeted DLR loss towards each of the 9 classes ranked highest after the first on
                the clean input, 100 iterations and 1 random start each;
   3. FAB-T     targeted FAB towards the same 9 classes, 100 iterations each, started at x,
-               alpha_max 0.1, eta 1.05, beta 0.9 (`aad_tf.fab`);
-  4. Square    5000 queries, p_init 0.8, 1 restart (`aad_tf.square`).
+               alpha_max 0.1, eta 1.05, beta 0.9 (`aad_tf.attacks.fab`);
+  4. Square    5000 queries, p_init 0.8, 1 restart (`aad_tf.attacks.square`).
 
 Everything, the subsets included, is one graph: `autoattack` traces once inside a `tf.function`
 and copies nothing to the host between attacks.
 """
 
-from typing import Dict, Optional, Tuple
-
 import tensorflow as tf
 
-from aad_tf import apgd as apgd_lib
-from aad_tf import attacks as attacks_lib
-from aad_tf import fab as fab_lib
-from aad_tf import square as square_lib
+from aad_tf.attacks import apgd as apgd_lib
+from aad_tf.attacks import core
+from aad_tf.attacks import fab as fab_lib
+from aad_tf.attacks import square as square_lib
 
 VERSION = 'standard (Croce & Hein 2020), aad-tf native'
 STAGES = ('apgd_ce', 'apgd_t', 'fab_t', 'square')
@@ -33,7 +31,7 @@ SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
 
 
-def standard_params() -> Dict[str, object]:
+def standard_params() -> dict[str, object]:
   """The hyperparameters of the standard version, as written to robustness.json."""
   return {'version': VERSION, 'norm': 'Linf', 'attacks': list(STAGES),
           'apgd_ce': {'num_steps': NUM_STEPS, 'num_restarts': 1},
@@ -45,11 +43,11 @@ def standard_params() -> Dict[str, object]:
           'square': {'num_queries': SQUARE_QUERIES, 'p_init': SQUARE_P_INIT, 'num_restarts': 1}}
 
 
-def autoattack_stages(model_fn: attacks_lib.ModelFn, x, y, *, eps: float,
-                      seed: Optional[tf.Tensor] = None, num_steps: int = NUM_STEPS,
+def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
+                      seed: tf.Tensor | None = None, num_steps: int = NUM_STEPS,
                       num_target_classes: int = NUM_TARGET_CLASSES,
                       square_queries: int = SQUARE_QUERIES
-                      ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+                      ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
   """AutoAttack with the robustness left after each attack.
 
   Args:
@@ -66,7 +64,7 @@ def autoattack_stages(model_fn: attacks_lib.ModelFn, x, y, *, eps: float,
     (x_adv [B, H, W, C] (stop_gradient, in the ball and in [0, 1]), robust): robust maps
     'clean' and each name of `STAGES` to bool [B], correctly classified after that attack.
   """
-  eps = attacks_lib.check_eps(eps)
+  eps = core.check_eps(eps)
   x = tf.convert_to_tensor(x, tf.float32)
   y = tf.cast(y, tf.int32)
   seed = apgd_lib.default_seed(seed)
@@ -107,10 +105,10 @@ def autoattack_stages(model_fn: attacks_lib.ModelFn, x, y, *, eps: float,
     x_adv = tf.tensor_scatter_nd_update(x_adv, rows, tf.boolean_mask(candidate, fooled))
     robust = tf.tensor_scatter_nd_update(robust, rows, tf.zeros(tf.shape(rows)[:1], tf.bool))
     by_stage[name] = robust
-  return tf.stop_gradient(attacks_lib.project(x_adv, x, eps)), by_stage
+  return tf.stop_gradient(core.project(x_adv, x, eps)), by_stage
 
 
-def autoattack(model_fn: attacks_lib.ModelFn, x, y, *, eps: float,
-               seed: Optional[tf.Tensor] = None, **kwargs) -> tf.Tensor:
+def autoattack(model_fn: core.ModelFn, x, y, *, eps: float,
+               seed: tf.Tensor | None = None, **kwargs) -> tf.Tensor:
   """AutoAttack (standard version): adversarial images [B, H, W, C] (see `autoattack_stages`)."""
   return autoattack_stages(model_fn, x, y, eps=eps, seed=seed, **kwargs)[0]

@@ -25,11 +25,9 @@ iterate of highest loss. Everything is one `tf.while_loop`, so a call traces onc
 `tf.function` whatever the number of iterations.
 """
 
-from typing import List, Optional
-
 import tensorflow as tf
 
-from aad_tf import attacks as attacks_lib
+from aad_tf.attacks import core
 
 MOMENTUM = 0.75  # alpha of the momentum update (paper Sec. 3.1)
 RHO = 0.75  # condition 1: fraction of loss-increasing steps below which the step size halves
@@ -39,7 +37,7 @@ P_MIN = 0.06  # ... down to this fraction of the iterations
 LOSSES = ('ce', 'dlr')
 
 
-def checkpoints(num_steps: int) -> List[int]:
+def checkpoints(num_steps: int) -> list[int]:
   """The iterations w_j = ceil(p_j * num_steps) at which APGD may halve its step size.
 
   p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), as in the paper; the
@@ -99,7 +97,7 @@ def dlr_targeted_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) 
 
 
 def _check(eps, num_steps, num_restarts):
-  eps = attacks_lib.check_eps(eps)
+  eps = core.check_eps(eps)
   if int(num_steps) != num_steps or num_steps < 1:
     raise ValueError(f'num_steps must be a positive integer, got {num_steps}.')
   if int(num_restarts) != num_restarts or num_restarts < 1:
@@ -111,7 +109,7 @@ def _random_start(x: tf.Tensor, eps: float, seed: tf.Tensor) -> tf.Tensor:
   """x + eps * t / ||t||_inf, t uniform in [-1, 1]^d (the authors' start), clipped to [0, 1]."""
   t = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype)
   t_max = tf.reduce_max(tf.abs(t), axis=[1, 2, 3], keepdims=True)
-  return attacks_lib.project(x + eps * t / (t_max + 1e-12), x, eps)
+  return core.project(x + eps * t / (t_max + 1e-12), x, eps)
 
 
 def _expand(v: tf.Tensor) -> tf.Tensor:
@@ -131,7 +129,7 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
   Returns:
     (x_out [B, H, W, C], fooled bool [B], best loss [B]).
   """
-  eps = attacks_lib.check_eps(eps)
+  eps = core.check_eps(eps)
   first, decay, minimum = _intervals(num_steps)
 
   def value_and_grad(x_adv):
@@ -162,8 +160,8 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
   def body(s):
     a = tf.cast(tf.where(s['i'] > 0, MOMENTUM, 1.0), x.dtype)
     momentum_dir = s['x_adv'] - s['x_prev']
-    z = attacks_lib.project(s['x_adv'] + _expand(s['step']) * tf.sign(s['grad']), x, eps)
-    x_new = attacks_lib.project(s['x_adv'] + a * (z - s['x_adv']) + (1.0 - a) * momentum_dir,
+    z = core.project(s['x_adv'] + _expand(s['step']) * tf.sign(s['grad']), x, eps)
+    x_new = core.project(s['x_adv'] + a * (z - s['x_adv']) + (1.0 - a) * momentum_dir,
                                 x, eps)
     loss, grad, fooled_now = value_and_grad(x_new)
     x_best_adv = tf.where(_expand(fooled_now), x_new, s['x_best_adv'])
@@ -221,8 +219,8 @@ def _over_restarts(run, num_restarts):
   return best
 
 
-def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 100,
-         loss: str = 'ce', num_restarts: int = 1, seed: Optional[tf.Tensor] = None
+def apgd(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
+         loss: str = 'ce', num_restarts: int = 1, seed: tf.Tensor | None = None
          ) -> tf.Tensor:
   """Untargeted APGD-CE or APGD-DLR under an L-inf bound.
 
@@ -246,7 +244,7 @@ def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 10
   y = tf.cast(y, tf.int32)
   base_seed = default_seed(seed)
   if loss == 'ce':
-    loss_fn = lambda logits: attacks_lib.cross_entropy(logits, y)
+    loss_fn = lambda logits: core.cross_entropy(logits, y)
   else:
     loss_fn = lambda logits: dlr_loss(logits, y)
 
@@ -258,7 +256,7 @@ def apgd(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 10
   return tf.stop_gradient(_over_restarts(run, num_restarts))
 
 
-def first_success_on_robust(run, model_fn: attacks_lib.ModelFn, x, y, num_runs: int
+def first_success_on_robust(run, model_fn: core.ModelFn, x, y, num_runs: int
                             ) -> tf.Tensor:
   """Runs j = 0 .. num_runs - 1, each only on the examples still correctly classified.
 
@@ -298,8 +296,8 @@ def first_success_on_robust(run, model_fn: attacks_lib.ModelFn, x, y, num_runs: 
   return x_adv
 
 
-def apgd_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 100,
-                  num_target_classes: int = 9, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+def apgd_targeted(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
+                  num_target_classes: int = 9, seed: tf.Tensor | None = None) -> tf.Tensor:
   """APGD-T: APGD on the targeted DLR loss towards each of the top runner-up classes.
 
   Target t_j (j = 1 .. num_target_classes) is the class ranked j-th highest after the first on

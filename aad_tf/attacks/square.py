@@ -16,11 +16,9 @@ The budget is counted in queries per example: the start costs one, each iteratio
 p_init defaults to 0.8, AutoAttack's value for its standard L-inf evaluation.
 """
 
-from typing import Optional
-
 import tensorflow as tf
 
-from aad_tf import attacks as attacks_lib
+from aad_tf.attacks import core
 
 # Iterations (out of 10000) after which p halves: the authors' schedule.
 P_SCHEDULE_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -29,7 +27,7 @@ MAX_REDRAWS = 10
 
 def margin_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
   """z_y - max_{j != y} z_j [B]; <= 0 iff the example is misclassified (to minimise)."""
-  return -attacks_lib.cw_margin(logits, labels)
+  return -core.cw_margin(logits, labels)
 
 
 def p_schedule(iteration, num_queries: int, p_init: float) -> tf.Tensor:
@@ -56,8 +54,8 @@ def _window_mask(corner_h, corner_w, side, height, width):
   return tf.cast(mask, tf.float32)[..., None]
 
 
-def square_linf(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_queries: int = 1000,
-                p_init: float = 0.8, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 1000,
+                p_init: float = 0.8, seed: tf.Tensor | None = None) -> tf.Tensor:
   """Untargeted Square Attack under an L-inf bound.
 
   Args:
@@ -72,7 +70,7 @@ def square_linf(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_queries:
   Returns:
     Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
   """
-  eps = attacks_lib.check_eps(eps)
+  eps = core.check_eps(eps)
   if int(num_queries) != num_queries or num_queries < 1:
     raise ValueError(f'num_queries must be a positive integer, got {num_queries}.')
   if not 0.0 < p_init <= 1.0:
@@ -146,4 +144,4 @@ def square_linf(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_queries:
   _, x_best, _ = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
   # The clip to [0, 1] and the +-eps construction keep x_best in the ball; project anyway so that
   # float rounding can never leave it.
-  return tf.stop_gradient(attacks_lib.project(x_best, x, eps))
+  return tf.stop_gradient(core.project(x_best, x, eps))

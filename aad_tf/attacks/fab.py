@@ -27,12 +27,10 @@ versions of it indexed `torch.max(a1 / (a1 + a2), zeros)[0]` and so gave the who
 first example's alpha).
 """
 
-from typing import Optional, Tuple
-
 import tensorflow as tf
 
-from aad_tf import apgd as apgd_lib
-from aad_tf import attacks as attacks_lib
+from aad_tf.attacks import apgd as apgd_lib
+from aad_tf.attacks import core
 
 ALPHA_MAX = 0.1  # AutoAttack's values for L-inf
 ETA = 1.05
@@ -82,9 +80,9 @@ def project_linf(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
   return -tf.sign(w) * tf.minimum(lam[:, None], faces)
 
 
-def fab_run(model_fn: attacks_lib.ModelFn, x, y, targets, *, num_steps: int = 100,
+def fab_run(model_fn: core.ModelFn, x, y, targets, *, num_steps: int = 100,
             alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA
-            ) -> Tuple[tf.Tensor, tf.Tensor]:
+            ) -> tuple[tf.Tensor, tf.Tensor]:
   """One targeted FAB run from x (no random start): the closest misclassified point found.
 
   Args:
@@ -144,7 +142,7 @@ def fab_run(model_fn: attacks_lib.ModelFn, x, y, targets, *, num_steps: int = 10
 
 
 def _check(eps, num_steps, num_target_classes, alpha_max, eta, beta):
-  eps = attacks_lib.check_eps(eps)
+  eps = core.check_eps(eps)
   for name, value in (('num_steps', num_steps), ('num_target_classes', num_target_classes)):
     if isinstance(value, bool) or int(value) != value or value < 1:
       raise ValueError(f'{name} must be a positive integer, got {value!r}.')
@@ -157,9 +155,9 @@ def _check(eps, num_steps, num_target_classes, alpha_max, eta, beta):
   return eps
 
 
-def fab_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: int = 100,
+def fab_targeted(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
                  num_target_classes: int = 9, alpha_max: float = ALPHA_MAX, eta: float = ETA,
-                 beta: float = BETA, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+                 beta: float = BETA, seed: tf.Tensor | None = None) -> tf.Tensor:
   """FAB-T under an L-inf bound, as in AutoAttack's standard version.
 
   Target t_j (j = 1 .. num_target_classes) is the class ranked j-th highest after the first on
@@ -198,4 +196,4 @@ def fab_targeted(model_fn: attacks_lib.ModelFn, x, y, *, eps: float, num_steps: 
     return tf.where(within[:, None, None, None], x_adv, xs)
 
   x_adv = apgd_lib.first_success_on_robust(run, model_fn, x, y, num_target_classes)
-  return tf.stop_gradient(attacks_lib.project(x_adv, x, eps))
+  return tf.stop_gradient(core.project(x_adv, x, eps))

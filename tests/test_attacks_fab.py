@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import eval_models
-from aad_tf import fab
+from aad_tf.attacks import fab
 
 
 def max_decrease(w, t, b, radius):
