@@ -1,72 +1,22 @@
-"""Model registry: every backbone is a functional Keras classifier returning logits.
+"""Backbones: every one is a functional Keras classifier returning logits, in one registry.
 
-Each entry records the name of the layer whose output Grad-CAM uses (the "Grad-CAM layer"),
-so that `aad_tf.gradcam.FeatureModel` can expose (features, logits) for any backbone.
+Modules:
+  registry  ModelSpec, register_model / get_model / get_spec / available_models
+  lenet     LeNet (MNIST, the paper's Madry et al. network)
+  resnet9   ResNet9 (CIFAR-10)
+  imagenet  ResNet50 (keras-cv or keras.applications) and InceptionV3 (ImageNet)
 
-    model = get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
-    spec = get_spec('lenet')          # spec.gradcam_layer == 'gradcam'
+    model = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
+    spec = models.get_spec('lenet')          # spec.gradcam_layer == 'gradcam'
 
-New backbones register themselves with `register_model` (see WORKSPACE.md).
+A new backbone is one module that decorates its builder with `register_model`; import it here.
 """
 
-import dataclasses
-from typing import Callable, Dict, Tuple
-
-import keras
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """How to build one backbone.
-
-  Attributes:
-    name: registry key.
-    builder: `builder(input_shape, num_classes, **kwargs) -> keras.Model` returning logits.
-    gradcam_layer: name of the layer whose output [B, h, w, K] Grad-CAM weights.
-    description: one line for `--help` and docs.
-  """
-  name: str
-  builder: Callable[..., keras.Model]
-  gradcam_layer: str
-  description: str = ''
-
-
-_REGISTRY: Dict[str, ModelSpec] = {}
-
-
-def register_model(name: str, *, gradcam_layer: str, description: str = ''):
-  """Decorator registering `builder` under `name`."""
-
-  def wrap(builder):
-    if name in _REGISTRY:
-      raise ValueError(f'Model {name!r} is already registered.')
-    _REGISTRY[name] = ModelSpec(name, builder, gradcam_layer, description)
-    return builder
-
-  return wrap
-
-
-def available_models() -> Tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
-
-
-def get_spec(name: str) -> ModelSpec:
-  if name not in _REGISTRY:
-    raise ValueError(
-        f'Unknown model {name!r}; choose one of {", ".join(available_models())}.')
-  return _REGISTRY[name]
-
-
-def get_model(name: str, *, input_shape, num_classes: int, **kwargs) -> keras.Model:
-  """Builds the registered classifier `name` (logits output, no softmax)."""
-  spec = get_spec(name)
-  model = spec.builder(tuple(input_shape), int(num_classes), **kwargs)
-  # Fail early if a builder forgot to name its Grad-CAM layer.
-  model.get_layer(spec.gradcam_layer)
-  return model
-
-
-# Registration side effects.
-from aad_tf.models import lenet  # noqa: E402,F401
-from aad_tf.models import resnet9  # noqa: E402,F401
-from aad_tf.models import imagenet  # noqa: E402,F401
+from aad_tf.models.registry import ModelSpec
+from aad_tf.models.registry import available_models
+from aad_tf.models.registry import get_model
+from aad_tf.models.registry import get_spec
+from aad_tf.models.registry import register_model
+from aad_tf.models import lenet  # noqa: F401  (registers itself)
+from aad_tf.models import resnet9  # noqa: F401
+from aad_tf.models import imagenet  # noqa: F401

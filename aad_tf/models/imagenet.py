@@ -38,7 +38,7 @@ from typing import Optional
 
 import keras
 
-from aad_tf import models
+from aad_tf.models import registry
 
 RESNET50_GRADCAM_LAYER = 'v2_stack_3_block3_out'
 RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER = 'conv5_block3_out'
@@ -78,7 +78,7 @@ def _check_resnet50_arguments(input_shape, pretrained_weights: Optional[str]) ->
   return path
 
 
-@models.register_model(
+@registry.register_model(
     'resnet50', gradcam_layer=RESNET50_GRADCAM_LAYER,
     description='ResNet50 v1 (keras-cv backbone); Grad-CAM on the last block (7x7x2048 at 224).')
 def build_resnet50(input_shape, num_classes, *,
@@ -100,7 +100,7 @@ def build_resnet50(input_shape, num_classes, *,
   return _classifier_on(backbone, num_classes, name='resnet50')
 
 
-@models.register_model(
+@registry.register_model(
     'resnet50_keras_applications', gradcam_layer=RESNET50_KERAS_APPLICATIONS_GRADCAM_LAYER,
     description='ResNet50 v1 (keras.applications, no keras-cv); Grad-CAM on the last block.')
 def build_resnet50_keras_applications(input_shape, num_classes, *,
@@ -132,7 +132,7 @@ def _classifier_on(backbone: keras.Model, num_classes: int, *, name: str) -> ker
   return keras.Model(backbone.input, logits, name=name)
 
 
-@models.register_model(
+@registry.register_model(
     'inception_v3', gradcam_layer=INCEPTION_V3_GRADCAM_LAYER,
     description='InceptionV3 (keras.applications), for the attention analysis; Grad-CAM on mixed10.')
 def build_inception_v3(input_shape, num_classes, *,

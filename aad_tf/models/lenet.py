@@ -8,12 +8,12 @@ The Grad-CAM layer is the ReLU output of the last convolution, a 14x14x64 map on
 
 import keras
 
-from aad_tf import models
+from aad_tf.models import registry
 
 GRADCAM_LAYER = 'gradcam'
 
 
-@models.register_model(
+@registry.register_model(
     'lenet', gradcam_layer=GRADCAM_LAYER,
     description="Madry et al.'s MNIST LeNet; Grad-CAM on the last conv (14x14x64).")
 def build_lenet(input_shape, num_classes, *, keep_prob: float = 0.5) -> keras.Model:

@@ -15,7 +15,7 @@ The logits layers run in float32 under a mixed-precision policy.
 
 import keras
 
-from aad_tf import models
+from aad_tf.models import registry
 
 GRADCAM_LAYER = 'gradcam'
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1 in Keras's convention.
@@ -35,7 +35,7 @@ def _residual(x, filters: int, name: str, output_name: str):
   return keras.layers.Add(name=output_name)([x, h])
 
 
-@models.register_model(
+@registry.register_model(
     'resnet9', gradcam_layer=GRADCAM_LAYER,
     description='Fast CIFAR ResNet9 (Page 2018); Grad-CAM on the last residual block (4x4x512).')
 def build_resnet9(input_shape, num_classes, *, width: int = 64) -> keras.Model:
