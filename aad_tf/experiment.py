@@ -6,10 +6,13 @@ these with plain arguments; nothing here reads FLAGS):
   * trainers.main: `summary_callback` and `overfit_guard` (the callbacks beside training.train)
     and `closing_evaluation` (eval.json and the eval/* TensorBoard scalars);
   * trainers.evaluate: `write_robustness` (robustness.json and robustness.md) with `versions`;
+  * trainers.visualize: `RunMaps` (a run's test images and Grad-CAM panels, its latest weights
+    by aad_tf/runs.py's rule or each kept checkpoint);
   * trainers.analyze: `load_pretrained`, `write_analysis` (analysis.json, analysis.md,
     records.npz and the figures).
 """
 
+import dataclasses
 import inspect
 import json
 import os
@@ -29,6 +32,7 @@ from aad_tf import evaluation
 from aad_tf import figures
 from aad_tf import models
 from aad_tf import overfitting
+from aad_tf import runs
 from aad_tf import summaries
 from aad_tf import training
 
@@ -170,6 +174,74 @@ def write_robustness(output_dir: str, report: evaluation.Report, table: str, *, 
   with tf.io.gfile.GFile(os.path.join(output_dir, 'robustness.md'), 'w') as f:
     f.write(header + table + '\n')
   logging.info('Wrote %s/robustness.json and robustness.md.', output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# trainers.visualize: a run's activation-map panels.
+
+class RunMaps:
+  """A run's config, test images and Grad-CAM panels (clean and under its training attack).
+
+  Args:
+    run_dir: a trainers.main run (config.json read by runs.load_config).
+    data_dir: where its data is; None: config.json's data_dir.
+    eps, num_steps, step_size: overrides of the run's training attack for the maps (None keeps).
+    explain: figures.EXPLAIN, the class the maps explain.
+  """
+
+  def __init__(self, run_dir: str, *, data_dir: Optional[str] = None,
+               eps: Optional[float] = None, num_steps: Optional[int] = None,
+               step_size: Optional[float] = None, explain: str = 'label'):
+    self.run_dir, self.explain = run_dir, explain
+    self.config = runs.load_config(run_dir)
+    self.arrays = data_lib.load_arrays(self.config.dataset,
+                                       data_dir=data_dir or self.config.data_dir,
+                                       source=self.config.data_source)
+    self.names = figures.class_names(self.config.dataset, self.config.info.num_classes)
+    overrides = {'eps': eps, 'num_steps': num_steps, 'step_size': step_size}
+    self.attack = dataclasses.replace(self.config.defense.attack,
+                                      **{k: v for k, v in overrides.items() if v is not None})
+
+  def examples(self, num: int) -> Tuple[np.ndarray, np.ndarray]:
+    """`num` test images [num, H, W, C] and labels [num], figures.pick_examples' choice."""
+    x, y = self.arrays.split('test')
+    index = figures.pick_examples(y, num)
+    return x[index], y[index]
+
+  def maker(self, classifier: keras.Model, layer: str) -> figures.PanelMaker:
+    return figures.PanelMaker(classifier, layer, self.attack, explain=self.explain,
+                              seed=self.config.seed)
+
+  def latest(self, num: int, *, source: str = 'auto'
+             ) -> Tuple[runs.LoadedRun, figures.AttentionPanel]:
+    """The panel of `num` test images with the run's weights (runs.load_classifier's rule)."""
+    run = runs.load_classifier(self.run_dir, source=source)
+    return run, self.maker(run.classifier, run.gradcam_layer)(*self.examples(num))
+
+  def evolution(self, num: int, *, max_checkpoints: int, include_init: bool
+                ) -> List[Tuple[int, figures.AttentionPanel]]:
+    """(step, panel) of `num` test images at (step 0 and) up to `max_checkpoints` checkpoints.
+
+    Raises:
+      ValueError: no checkpoint and no step 0.
+    """
+    kept = list(training.list_checkpoints(self.run_dir))
+    if len(kept) > max_checkpoints:
+      chosen = np.unique(np.linspace(0, len(kept) - 1, max_checkpoints).round().astype(int))
+      kept = [kept[i] for i in chosen]
+    # One classifier whose weights are swapped per checkpoint, so the maps are traced once.
+    classifier, layer = training.initial_classifier(self.config)
+    maker = self.maker(classifier, layer)
+    x, y = self.examples(num)
+    snapshots = []
+    if include_init and (not kept or kept[0][0] > 0):
+      snapshots.append((0, maker(x, y)))
+    for step, path in kept:
+      training.restore_classifier(self.config, path, classifier=classifier)
+      snapshots.append((step, maker(x, y)))
+    if not snapshots:
+      raise ValueError(f'No checkpoint in {self.run_dir}/checkpoints.')
+    return snapshots
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def _legacy_eval_eps(model_dir: str) -> Optional[float]:
 
 
 def _read_config(model_dir: str) -> Tuple[training.TrainConfig, Dict[str, Any]]:
-  """(the run's TrainConfig with eval_eps recovered for an old config.json, config.json as saved)."""
+  """(the run's TrainConfig, eval_eps recovered for an old config.json; config.json as saved)."""
   config = training.load_config(model_dir)
   with tf.io.gfile.GFile(os.path.join(model_dir, 'config.json')) as f:
     saved = json.load(f)
