@@ -16,6 +16,7 @@ from aad_tf import defense as defense_lib
 from aad_tf import export as export_lib
 from aad_tf import overfitting
 from trainers import main
+from trainers import train_flags
 
 SHAPE = (8, 8, 1)
 CLASSES = 3
@@ -309,7 +310,7 @@ def test_flagfile_parses(name, aad, main_flags, tmp_path):
   main_flags.unparse_flags()
   main_flags(['main', f'--flagfile=flags/{cfg}.cfg', f'--model_dir={tmp_path / "run"}'] +
              ([f'--ensemble_models={static}'] if name == 'ensemble' else []))
-  config = main.config_from_flags()
+  config = train_flags.config_from_flags()
   assert (config.dataset, config.defense.defense, config.defense.aad) == ('mnist', name, aad)
   assert config.defense.attack.eps == pytest.approx(0.3)
   if name == 'trades':
@@ -335,4 +336,4 @@ def test_ensemble_flag_mismatch_is_a_usage_error(main_flags, tmp_path):
   main_flags(['main', '--flagfile=flags/mnist_ensemble.cfg', f'--model_dir={tmp_path / "run"}',
               f'--ensemble_models={wrong}'])
   with pytest.raises(app.UsageError, match=r'takes images of shape \(8, 8, 1\)'):
-    main.config_from_flags()
+    train_flags.config_from_flags()
