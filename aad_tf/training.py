@@ -1,10 +1,10 @@
 """One training run: TrainConfig -> data -> model -> fit with checkpoints and summaries.
 
 `train` trains (or resumes) the run of a `TrainConfig`; the absl binary `trainers/main.py` turns
-flags into that config, calls `train`, then exports and evaluates the classifier itself (through
-aad_tf.export and aad_tf.evaluation). `load_config` and `restore_classifier` read a run back
-(aad_tf/runs.py opens a run for the other binaries). What `train` writes into `config.model_dir`
-(see WORKSPACE.md):
+flags into that config, calls `train`, then exports the classifier (aad_tf.export) and evaluates
+it (aad_tf.experiment.closing_evaluation, eval.json). `load_config` and `restore_classifier` read
+a run back (aad_tf/runs.py opens a run for the other binaries). What `train` writes into
+`config.model_dir` (see WORKSPACE.md):
 
     checkpoints/      ckpt-<step>.*, the last `keep_checkpoints` kept
     tensorboard/      scalars (and activation maps, see aad_tf.summaries)

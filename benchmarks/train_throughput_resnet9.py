@@ -141,12 +141,12 @@ def main(argv):
                 f'{results["cpu_images_per_s"]["madry"] / results["cpu_images_per_s"][v]:.2f}x')
     lines.append(f'| {v} | {results["wall_images_per_s"][v]:.1f} | '
                  f'{results["cpu_images_per_s"][v]:.1f} | {ratios[0]}, {ratios[1]} |')
-  # The table is the benchmark's result: printed once, on stdout (the JSON goes to the log).
+  # The table is the benchmark's result: printed once, on stdout; the JSON goes to --output.
   print('\n'.join(lines), flush=True)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(results, f, indent=2)
-  logging.info('%s', json.dumps(results))
+    logging.info('Wrote %s.', FLAGS.output)
 
 
 if __name__ == '__main__':

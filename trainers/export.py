@@ -20,9 +20,7 @@ from absl import logging
 
 from aad_tf import export as export_lib
 from aad_tf import model_card
-from aad_tf import models
 from aad_tf import runs
-from aad_tf import training
 from trainers import flagfiles
 
 FLAGS = flags.FLAGS
