@@ -358,7 +358,8 @@ def test_resume_of_a_run_whose_config_json_predates_eval_eps(tmp_path):
   assert int(model.optimizer.iterations.numpy()) == 3
   assert not (tmp_path / 'run' / training.CONFIG_CHANGES).exists()
   saved = json.loads(path.read_text())
-  assert saved['eval_eps'] == 0.3 and saved['gradcam_layer'] == models.get_spec('lenet').gradcam_layer
+  assert saved['eval_eps'] == 0.3
+  assert saved['gradcam_layer'] == models.get_spec('lenet').gradcam_layer
 
 
 def test_failed_validation_leaves_no_run_directory_behind(tmp_path, monkeypatch):

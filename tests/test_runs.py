@@ -1,4 +1,4 @@
-"""Tests for aad_tf/runs.py: a run's settings (config.json) and weights, by one rule (issues 13, 16).
+"""Tests for aad_tf/runs.py: a run's settings (config.json) and weights by one rule (issue 13, 16).
 
 One rule for every binary that reads a run (trainers.evaluate, export, analyze, visualize): the
 newer of the newest checkpoint and export/model.keras wins, logged; corrupt checkpoints are
