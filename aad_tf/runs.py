@@ -1,9 +1,20 @@
-"""Opening a trained run: which weights the binaries that read a run use, by one rule.
+"""Opening a trained run: its settings (config.json) and its weights, by one rule.
 
-A run of trainers.main keeps its weights twice: checkpoints (`checkpoints/ckpt-<step>`, written
+Every binary that reads a run (trainers.evaluate, trainers.export, trainers.analyze,
+trainers.visualize) opens it here: `load_config` for its settings, `load_classifier` for its
+classifier; `load_exported` opens an exported model that is not a run directory.
+
+Settings. config.json (written by training.train) holds the resolved TrainConfig: dataset, model,
+defense and attack, seed, data location, the evaluation eps (`eval_eps`) and the Grad-CAM layer
+(`gradcam_layer`). A later binary reads every setting from there, never from flags.txt. A
+config.json written before it held eval_eps (issue 16) still loads: `load_config` then reads
+--eval_eps from the run's flags.txt, logged once with how to migrate (add "eval_eps" to
+config.json).
+
+Weights. A run of trainers.main keeps them twice: checkpoints (`checkpoints/ckpt-<step>`, written
 during training) and the export (`export/model.keras`, written after it). They differ when a run
 was resumed with `--noexport` (the export is stale) or exported and then trained on. The rule of
-`load_classifier`, shared by trainers.evaluate, trainers.export and trainers.analyze:
+`load_classifier`:
 
   * auto: the newer of the two wins (file modification times; the export wins a tie, since
     trainers.main writes it after the last checkpoint), and the choice is logged with its reason;
@@ -14,18 +25,22 @@ was resumed with `--noexport` (the export is stale) or exported and then trained
 """
 
 import dataclasses
+import json
 import os
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import keras
 import tensorflow as tf
 from absl import logging
 
 from aad_tf import checkpointing
+from aad_tf import evaluation
 from aad_tf import models
 from aad_tf import training
 
 SOURCES = ('auto', 'checkpoint', 'keras')
+# Run directories whose old config.json was already reported (once per process).
+_REPORTED_LEGACY = set()
 
 
 @dataclasses.dataclass
@@ -35,13 +50,122 @@ class LoadedRun:
   Attributes:
     config: the run's TrainConfig (from its config.json).
     classifier: the functional classifier, images [N, H, W, C] in [0, 1] -> logits [N, K].
-    gradcam_layer: the name of its Grad-CAM layer.
+    gradcam_layer: the name of its Grad-CAM layer (config.json's; the registry's for an older
+      config.json).
     origin: where the weights came from, e.g. '/runs/a/checkpoints/ckpt-30 (step 30)'.
+    step: the checkpoint's step; None for export/model.keras.
   """
   config: training.TrainConfig
   classifier: keras.Model
   gradcam_layer: str
   origin: str
+  step: Optional[int] = None
+
+
+@dataclasses.dataclass
+class LoadedExport:
+  """An exported model opened for evaluation (not a run directory).
+
+  Attributes:
+    target: what the attacks query (logits; Grad-CAM features when a .keras file names its
+      Grad-CAM layer).
+    name: the model's name ('saved_model' for a SavedModel).
+    origin: the path it was loaded from.
+  """
+  target: evaluation.Target
+  name: str
+  origin: str
+
+
+def read_flagfile(path: str) -> Dict[str, str]:
+  """`--name=value` lines of a run's flags.txt as {name: value} (`--noname` -> 'false')."""
+  values = {}
+  if not tf.io.gfile.exists(path):
+    return values
+  with tf.io.gfile.GFile(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line.startswith('--'):
+        continue
+      name, sep, value = line[2:].partition('=')
+      if sep:
+        values[name] = value
+      elif name.startswith('no'):
+        values[name[2:]] = 'false'
+      else:
+        values[name] = 'true'
+  return values
+
+
+def _legacy_eval_eps(model_dir: str) -> Optional[float]:
+  """--eval_eps of a run whose config.json predates the field: from its flags.txt, logged once."""
+  path = os.path.join(model_dir, 'flags.txt')
+  value = read_flagfile(path).get('eval_eps')
+  eps = float(value) if value not in (None, '', 'None') else None
+  if model_dir not in _REPORTED_LEGACY:
+    _REPORTED_LEGACY.add(model_dir)
+    found = (f'read --eval_eps={eps:g} from {path}' if eps is not None else
+             f'{path} sets no --eval_eps: the dataset default applies')
+    logging.warning('%s/config.json was written before config.json held eval_eps; %s. To '
+                    'migrate, add "eval_eps": %s to that config.json.', model_dir, found,
+                    'null' if eps is None else f'{eps!r}')
+  return eps
+
+
+def _read_config(model_dir: str) -> Tuple[training.TrainConfig, Dict[str, Any]]:
+  """(the run's TrainConfig, eval_eps recovered for an old config.json; config.json as saved)."""
+  config = training.load_config(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, 'config.json')) as f:
+    saved = json.load(f)
+  if 'eval_eps' not in saved:
+    config = dataclasses.replace(config, eval_eps=_legacy_eval_eps(model_dir))
+  return config, saved
+
+
+def load_config(model_dir: str) -> training.TrainConfig:
+  """The TrainConfig of the run in `model_dir`, from its config.json.
+
+  Args:
+    model_dir: a trainers.main run directory.
+
+  Returns:
+    The config (model_dir set to `model_dir`, wherever the run was trained); for a config.json
+    written before it held eval_eps, eval_eps is the run's flags.txt --eval_eps (None when it
+    set none: the dataset's default, which that run was evaluated at), logged once.
+
+  Raises:
+    ValueError: `model_dir` holds no config.json.
+  """
+  return _read_config(model_dir)[0]
+
+
+def load_exported(path: str, *, gradcam_layer: Optional[str] = None) -> LoadedExport:
+  """An exported SavedModel directory or .keras file, for evaluation.
+
+  Args:
+    path: a SavedModel directory (logits only: no Grad-CAM features) or a .keras file.
+    gradcam_layer: the Grad-CAM layer of a .keras file; default: the model registry's entry of
+      the classifier's name (none for an unknown name: the attacks that need features are
+      skipped, logged).
+
+  Raises:
+    ValueError: `path` does not exist, does not load, or has no layer `gradcam_layer`.
+  """
+  if not tf.io.gfile.exists(path):
+    raise ValueError(f'{path} does not exist.')
+  if not path.endswith('.keras'):
+    try:
+      return LoadedExport(evaluation.Target.from_saved_model(path), 'saved_model', path)
+    except (ValueError, OSError, tf.errors.OpError) as e:
+      raise ValueError(f'Cannot load {path}: {e}') from e
+  classifier = keras.models.load_model(path, safe_mode=True, compile=False)
+  layer = gradcam_layer
+  if layer is None and classifier.name in models.available_models():
+    layer = models.get_spec(classifier.name).gradcam_layer
+  if layer is None:
+    logging.warning('No Grad-CAM layer for %s (pass --gradcam_layer): A^3 and adaptive '
+                    'attacks will be skipped.', path)
+  return LoadedExport(evaluation.Target.from_keras(classifier, layer), classifier.name, path)
 
 
 def keras_path(model_dir: str) -> str:
@@ -71,8 +195,8 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
   """
   if source not in SOURCES:
     raise ValueError(f'source must be one of {SOURCES}, got {source!r}.')
-  config = training.load_config(model_dir)
-  layer = models.get_spec(config.model).gradcam_layer
+  config, saved = _read_config(model_dir)
+  layer = saved.get('gradcam_layer') or config.gradcam_layer
   exported = keras_path(model_dir)
   has_keras = tf.io.gfile.exists(exported)
   kept = checkpointing.checkpoints_newest_first(os.path.join(model_dir, 'checkpoints'))
@@ -86,7 +210,7 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
     raise ValueError(f'Neither a checkpoint in {model_dir}/checkpoints nor {exported}.')
 
   use_keras = source == 'keras'
-  reason = 'asked for'
+  reason, step = 'asked for', None
   if source == 'auto':
     if not kept:
       use_keras, reason = True, 'the run has no checkpoint'
@@ -99,7 +223,7 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
                 f'{newest} is newer than export/model.keras')
   if not use_keras:
     try:
-      classifier, layer, step = training.restore_classifier(config, checkpoint)
+      classifier, _, step = training.restore_classifier(config, checkpoint)
     except checkpointing.CheckpointError as e:
       if source != 'auto' or not has_keras:
         raise
@@ -110,6 +234,6 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
       origin = f'{path} (step {step})'
   if use_keras:
     classifier = keras.models.load_model(exported, safe_mode=True, compile=False)
-    origin = exported
+    origin, step = exported, None
   logging.info('Weights of %s: %s (%s).', model_dir, origin, reason)
-  return LoadedRun(config, classifier, layer, origin)
+  return LoadedRun(config, classifier, layer, origin, step)

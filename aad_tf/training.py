@@ -1,13 +1,14 @@
-"""One training run: data -> model -> fit with checkpoints and summaries -> export -> evaluation.
+"""One training run: TrainConfig -> data -> model -> fit with checkpoints and summaries.
 
-The absl binary `trainers/main.py` only turns flags into a `TrainConfig` and calls `run`.
-Everything a run writes lives in `config.model_dir` (see WORKSPACE.md):
+`train` trains (or resumes) the run of a `TrainConfig`; the absl binary `trainers/main.py` turns
+flags into that config, calls `train`, then exports the classifier (aad_tf.export) and evaluates
+it (aad_tf.experiment.closing_evaluation, eval.json). `load_config` and `restore_classifier` read
+a run back (aad_tf/runs.py opens a run for the other binaries). What `train` writes into
+`config.model_dir` (see WORKSPACE.md):
 
     checkpoints/      ckpt-<step>.*, the last `keep_checkpoints` kept
     tensorboard/      scalars (and activation maps, see aad_tf.summaries)
-    config.json       the resolved TrainConfig
-    export/           saved_model/ (TF Serving) and model.keras
-    eval.json         the closing evaluation
+    config.json       the resolved TrainConfig (`TrainConfig.to_json`)
 """
 
 import contextlib
@@ -35,12 +36,16 @@ from aad_tf import summaries
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
 
 # TrainConfig fields that a resumed run may change: where data and output live, the budget,
-# bookkeeping, the hardware settings, and the constant learning rate (the flags win over the
-# checkpoint's, see `train`). Every other field defines the run (dataset, model, defense, AAD
-# settings, attack, seed, ...) and changes only with allow_config_change.
+# bookkeeping, the hardware settings, the evaluation eps (it does not change training), and the
+# constant learning rate (the flags win over the checkpoint's, see `train`). Every other field
+# defines the run (dataset, model, defense, AAD settings, attack, seed, ...) and changes only with
+# allow_config_change.
 RESUMABLE_FIELDS = ('model_dir', 'data_dir', 'data_source', 'download', 'manual_dir', 'epochs',
                     'train_steps', 'learning_rate', 'checkpoint_every', 'keep_checkpoints',
-                    'log_every', 'mixed_precision', 'jit_compile', 'deterministic')
+                    'log_every', 'mixed_precision', 'jit_compile', 'deterministic', 'eval_eps')
+# Written into config.json for the binaries that read a run, derived from the run-defining fields
+# (gradcam_layer from model), never compared on resume: an older config.json lacks them.
+DERIVED_FIELDS = ('gradcam_layer',)
 CONFIG_CHANGES = 'config_changes.json'
 
 
@@ -83,6 +88,9 @@ class TrainConfig:
       several replicas and under `deterministic` (see distribute.resolve_jit_compile).
     deterministic: deterministic TF ops and seeds, so that a resumed run ends with the same
       weights as an uninterrupted one.
+    eval_eps: the L-inf radius the run is evaluated at (trainers.main's closing evaluation and
+      overfitting guard, then trainers.evaluate by default); None: the dataset's default.
+      Recorded, never used by `train`.
   """
   model_dir: str
   dataset: str = 'mnist'
@@ -111,6 +119,7 @@ class TrainConfig:
   mixed_precision: bool = False
   jit_compile: Optional[bool] = None
   deterministic: bool = False
+  eval_eps: Optional[float] = None
 
   def __post_init__(self):
     def positive(name, integer=False):
@@ -146,6 +155,8 @@ class TrainConfig:
       raise ValueError(f'keep_prob must be in (0, 1], got {self.keep_prob}.')
     if not self.model_dir:
       raise ValueError('model_dir must be set.')
+    if self.eval_eps is not None and not 0.0 <= self.eval_eps <= 1.0:
+      raise ValueError(f'eval_eps must be in [0, 1], got {self.eval_eps}.')
 
   @property
   def info(self) -> data_lib.DatasetInfo:
@@ -166,8 +177,14 @@ class TrainConfig:
       return int(self.train_steps)
     return int(math.ceil(self.epochs * self.steps_per_epoch(num_train)))
 
+  @property
+  def gradcam_layer(self) -> str:
+    """The name of the classifier's Grad-CAM layer (the model registry's)."""
+    return models.get_spec(self.model).gradcam_layer
+
   def to_json(self) -> Dict[str, Any]:
-    return dataclasses.asdict(self)
+    """config.json: every field, and the DERIVED_FIELDS for the binaries that read the run."""
+    return {**dataclasses.asdict(self), 'gradcam_layer': self.gradcam_layer}
 
 
 def build_classifier(config: TrainConfig) -> Tuple[keras.Model, str]:
@@ -259,7 +276,8 @@ def config_differences(previous: Dict[str, Any], config: 'TrainConfig'
     return _flatten(json.loads(json.dumps(payload, default=str)))
   old, new = normalized(previous), normalized(config.to_json())
   return {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new))
-          if name.split('.')[0] not in RESUMABLE_FIELDS and old.get(name) != new.get(name)}
+          if name.split('.')[0] not in RESUMABLE_FIELDS + DERIVED_FIELDS and
+          old.get(name) != new.get(name)}
 
 
 def check_resume(config: 'TrainConfig', allow_config_change: bool = False

@@ -71,7 +71,7 @@ def main(argv):
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(results, f, indent=2, sort_keys=True)
-  logging.info('%s', json.dumps({k: v['mean'] for k, v in results['scalings'].items()}))
+    logging.info('Wrote %s.', FLAGS.output)  # the results are printed once, above
 
 
 if __name__ == '__main__':

@@ -286,7 +286,7 @@ def main(argv):
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(results, f, indent=2)
-  logging.info('%s', json.dumps(results))
+    logging.info('Wrote %s.', FLAGS.output)  # the results are printed once, above
 
 
 if __name__ == '__main__':

@@ -30,17 +30,21 @@ from aad_tf import distribute
 from aad_tf import training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('data_dir', None, 'Directory with cifar10.npz; random images if unset.')
-flags.DEFINE_list('variants', ['madry', 'madry_aad'], 'Variants: <defense>[_aad].')
-flags.DEFINE_integer('batch_size', 100, 'Global batch size (paper: 100).', lower_bound=1)
-flags.DEFINE_integer('pgd_steps', 7, 'PGD steps of every variant (paper: 7).', lower_bound=0)
-flags.DEFINE_integer('steps', 5, 'Timed steps per variant per round.', lower_bound=1)
-flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.', lower_bound=1)
-flags.DEFINE_list('devices', [], 'Devices to mirror over (default: every visible GPU, else CPU).')
-flags.DEFINE_bool('mixed_precision', False, 'mixed_bfloat16.')
-flags.DEFINE_bool('jit_compile', None, 'XLA (default: Keras decides).')
-flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
+
+def define_flags() -> None:
+  """Defines the benchmark's flags (called from __main__, so importing defines none)."""
+  flags.DEFINE_string('data_dir', None, 'Directory with cifar10.npz; random images if unset.')
+  flags.DEFINE_list('variants', ['madry', 'madry_aad'], 'Variants: <defense>[_aad].')
+  flags.DEFINE_integer('batch_size', 100, 'Global batch size (paper: 100).', lower_bound=1)
+  flags.DEFINE_integer('pgd_steps', 7, 'PGD steps of every variant (paper: 7).', lower_bound=0)
+  flags.DEFINE_integer('steps', 5, 'Timed steps per variant per round.', lower_bound=1)
+  flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.', lower_bound=1)
+  flags.DEFINE_list('devices', [],
+                    'Devices to mirror over (default: every visible GPU, else CPU).')
+  flags.DEFINE_bool('mixed_precision', False, 'mixed_bfloat16.')
+  flags.DEFINE_bool('jit_compile', None, 'XLA (default: Keras decides).')
+  flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 class StepTimer(keras.callbacks.Callback):
   """Wall and CPU seconds from the end of the first batch of a fit to the end of its last."""
@@ -127,7 +131,8 @@ def main(argv):
   lines = [f'ResNet9/CIFAR-10, batch {FLAGS.batch_size}, PGD-{FLAGS.pgd_steps}, '
            f'{results["strategy"]}, mixed_precision={FLAGS.mixed_precision}, '
            f'TF {tf.__version__}',
-           '| variant | images/s (wall) | images/s (per CPU-second) | step time vs madry (wall, cpu) |',
+           '| variant | images/s (wall) | images/s (per CPU-second) | '
+           'step time vs madry (wall, cpu) |',
            '|---|---|---|---|']
   for v in models:
     ratios = ('-', '-')
@@ -136,12 +141,14 @@ def main(argv):
                 f'{results["cpu_images_per_s"]["madry"] / results["cpu_images_per_s"][v]:.2f}x')
     lines.append(f'| {v} | {results["wall_images_per_s"][v]:.1f} | '
                  f'{results["cpu_images_per_s"][v]:.1f} | {ratios[0]}, {ratios[1]} |')
-  print('\n'.join(lines))
+  # The table is the benchmark's result: printed once, on stdout; the JSON goes to --output.
+  print('\n'.join(lines), flush=True)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(results, f, indent=2)
-  logging.info('%s', json.dumps(results))
+    logging.info('Wrote %s.', FLAGS.output)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

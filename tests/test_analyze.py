@@ -84,3 +84,32 @@ def test_tool_on_a_run_without_boxes_says_it_needs_boxed_data(tmp_path):
   assert 'trained on mnist, which has no bounding boxes' in lines[0]
   assert 'needs boxed data' in lines[0] and 'boxed_mnist' in lines[0]
   assert not (run / 'analysis').exists()
+
+
+def test_tool_end_to_end_without_lime(tmp_path, shared_data_dir):
+  """trainers.analyze on a checkpointed run and an exported one, LIME off (runs without lime)."""
+  shape = data_lib.get_info('boxed_mnist').image_shape
+  run = tmp_path / 'raw'
+  (run / 'checkpoints').mkdir(parents=True)
+  config = training.TrainConfig(model_dir=str(run), dataset='boxed_mnist', model='lenet')
+  files.write_json(str(run / 'config.json'), config.to_json())
+  checkpoint = tf.train.Checkpoint(model=_small_model(0, shape))
+  tf.train.CheckpointManager(checkpoint, str(run / 'checkpoints'), 1).save(checkpoint_number=7)
+  other = tmp_path / 'other'
+  (other / 'export').mkdir(parents=True)
+  (other / 'config.json').write_text((run / 'config.json').read_text())
+  _small_model(1, shape).save(str(other / 'export' / 'model.keras'))
+  command = [sys.executable, '-m', 'trainers.analyze', f'--model_dir={run}',
+             f'--compare_model_dirs={other}', f'--data_dir={shared_data_dir}',
+             '--num_examples=20', '--batch_size=20', '--lime_features=', '--attack_rounds=2',
+             '--figure_examples=1']
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', 'CUDA_VISIBLE_DEVICES': ''}
+  proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = run / 'analysis'  # the default --output_dir
+  report = json.loads((out / 'analysis.json').read_text())
+  assert report['model'] == 'raw' and report['summary']['num_examples'] == 20
+  assert set(report['models']) == {'raw', 'other'}
+  assert np.load(out / 'records.npz')['raw/correct'].shape == (20,)
+  assert proc.stdout.count('Attention data analysis') == 1  # the Markdown, printed once
+  assert 'ckpt-7 (step 7)' in proc.stderr and 'other/export/model.keras' in proc.stderr

@@ -14,6 +14,7 @@ from defense_models import tiny_classifier
 from trainers import common_flags
 from trainers import defense_flags
 from trainers import main
+from trainers import train_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,7 @@ def test_flagfile_parses(name, aad, main_flags, tmp_path):
   main_flags.unparse_flags()
   main_flags(['main', f'--flagfile=flags/{cfg}.cfg', f'--model_dir={tmp_path / "run"}'] +
              ([f'--ensemble_models={static}'] if name == 'ensemble' else []))
-  config = main.config_from_flags()
+  config = train_flags.config_from_flags()
   assert (config.dataset, config.defense.defense, config.defense.aad) == ('mnist', name, aad)
   assert config.defense.attack.eps == pytest.approx(0.3)
   if name == 'trades':
@@ -108,4 +109,4 @@ def test_ensemble_flag_mismatch_is_a_usage_error(main_flags, tmp_path):
   main_flags(['main', '--flagfile=flags/mnist_ensemble.cfg', f'--model_dir={tmp_path / "run"}',
               f'--ensemble_models={wrong}'])
   with pytest.raises(app.UsageError, match=r'takes images of shape \(8, 8, 1\)'):
-    main.config_from_flags()
+    train_flags.config_from_flags()

@@ -28,9 +28,10 @@ def run_dir(tmp_path_factory, shared_data_dir):
   """A trainers.main-style run directory holding an (untrained) LeNet."""
   model_dir = tmp_path_factory.mktemp('run')
   config = training.TrainConfig(model_dir=str(model_dir), dataset='mnist', model='lenet',
-                                data_dir=str(shared_data_dir), seed=3)
+                                data_dir=str(shared_data_dir), seed=3, eval_eps=0.2)
   files.write_json(str(model_dir / 'config.json'), config.to_json())
-  (model_dir / 'flags.txt').write_text('--dataset=mnist\n--eval_eps=0.2\n--aad\n')
+  # Not read: config.json holds eval_eps (flags.txt is a replay file, not a settings store).
+  (model_dir / 'flags.txt').write_text('--dataset=mnist\n--eval_eps=0.25\n--aad\n')
   classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
   os.makedirs(model_dir / 'export')
   export_lib.export_all(classifier, models.get_spec('lenet').gradcam_layer, str(model_dir))
@@ -46,7 +47,7 @@ def test_evaluate_binary_on_a_run(run_dir, shared_data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((run_dir / 'robustness.json').read_text())
   assert report['dataset'] == 'mnist' and report['model'] == 'lenet'
-  assert report['eps'] == 0.2  # the run's --eval_eps
+  assert report['eps'] == 0.2  # the run's eval_eps, from its config.json
   assert report['seed'] == 3  # the run's seed
   assert report['num_examples'] == 12 and report['first_example'] == 0
   assert set(report['accuracy']) == {'clean', 'fgsm', 'pgd_a3', 'apgd_ce', 'square',
@@ -60,6 +61,21 @@ def test_evaluate_binary_on_a_run(run_dir, shared_data_dir):
   markdown = (run_dir / 'robustness.md').read_text()
   assert '| | clean | fgsm |' in markdown and 'Gradient-masking diagnostics' in markdown
   assert 'Diagnostics fired:' in result.stdout
+
+
+def test_evaluate_binary_on_a_run_whose_config_json_predates_eval_eps(run_dir, tmp_path):
+  old = tmp_path / 'old_run'
+  old.mkdir()
+  saved = json.loads((run_dir / 'config.json').read_text())
+  del saved['eval_eps'], saved['gradcam_layer']
+  (old / 'config.json').write_text(json.dumps(saved))
+  (old / 'flags.txt').write_text('--dataset=mnist\n--eval_eps=0.15\n')
+  os.symlink(run_dir / 'export', old / 'export')
+  result = run_evaluate(f'--model_dir={old}', '--eval_examples=5', '--batch_size=5',
+                        '--attacks=clean', '--nodiagnostics')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((old / 'robustness.json').read_text())['eps'] == 0.15  # from flags.txt
+  assert result.stderr.count('To migrate, add "eval_eps": 0.15 to that config.json') == 1
 
 
 @pytest.mark.slow  # the SavedModel path is covered in-process by test_saved_model_target

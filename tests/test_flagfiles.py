@@ -6,6 +6,7 @@ import importlib
 import inspect
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from aad_tf import training
 from aad_tf.models import imagenet as imagenet_models
 from trainers import flagfiles
 from trainers import main
+from trainers import train_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_imagenet  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -75,7 +77,7 @@ def parse(name, tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)  # nested --flagfile paths are relative to the working directory
   FLAGS.unparse_flags()
   FLAGS(['main', f'--flagfile=flags/{name}.cfg', f'--model_dir={tmp_path / "run"}'])
-  return main.config_from_flags()
+  return train_flags.config_from_flags()
 
 
 def fake_arrays(info, num=16):
@@ -107,7 +109,7 @@ def test_flagfile_parses_and_builds(dataset, row, tmp_path, monkeypatch, fake_im
   got = dict(model=config.model, batch_size=config.batch_size,
              learning_rate=config.learning_rate, epochs=config.epochs, train_eps=attack.eps,
              train_step_size=attack.step_size, train_num_steps=attack.num_steps,
-             eval_eps=main.eval_eps(), augment=config.augment,
+             eval_eps=config.eval_eps, augment=config.augment,
              lr_decay_rate=config.lr_decay_rate, lr_decay_epochs=config.lr_decay_epochs)
   for key, want in paper.items():
     assert got[key] == pytest.approx(want), key
@@ -165,15 +167,15 @@ def test_resnet_source_picks_the_resnet50_builder(tmp_path, monkeypatch):
   FLAGS.unparse_flags()
   FLAGS(['main', '--flagfile=flags/imagenet_alp_aad.cfg', f'--model_dir={tmp_path}',
          '--resnet_source=keras_applications'])
-  assert main.config_from_flags().model == 'resnet50_keras_applications'
+  assert train_flags.config_from_flags().model == 'resnet50_keras_applications'
   FLAGS.unparse_flags()
   FLAGS(['main', '--flagfile=flags/imagenet_alp_aad.cfg', f'--model_dir={tmp_path}'])
-  assert main.config_from_flags().model == 'resnet50'  # keras-cv stays the default
+  assert train_flags.config_from_flags().model == 'resnet50'  # keras-cv stays the default
   FLAGS.unparse_flags()
   FLAGS(['main', '--model=lenet', '--resnet_source=keras_applications',
          f'--model_dir={tmp_path}'])
   with pytest.raises(app.UsageError, match='--resnet_source applies to --model=resnet50'):
-    main.config_from_flags()
+    train_flags.config_from_flags()
 
 
 # --- flagfiles by name (trainers/flagfiles.py) ---------------------------------
@@ -241,6 +243,30 @@ def test_console_scripts_are_the_binaries_run_functions():
         binary.run)
 
 
+# The flags a user needs, which --help (not only --helpfull) must list (issue 16).
+KEY_FLAGS = {
+    'main': ['data_dir', 'model_dir', 'dataset', 'seed', 'train_steps', 'eval_examples',
+             'eval_eps', 'defense', 'aad', 'batch_size', 'allow_config_change', 'trades_beta'],
+    'evaluate': ['model_dir', 'saved_model', 'data_dir', 'dataset', 'seed', 'eval_examples',
+                 'attacks', 'eps', 'weights'],
+    'export': ['model_dir', 'export_dir', 'source', 'checkpoint'],
+    'visualize': ['model_dir', 'runs', 'figures', 'data_dir', 'output_dir', 'weights'],
+    'analyze': ['model_dir', 'data_dir', 'dataset', 'eps', 'output_dir', 'seed'],
+}
+
+
+@pytest.mark.parametrize('binary', sorted(KEY_FLAGS))
+def test_help_lists_the_flags_a_user_needs(binary):
+  result = subprocess.run(
+      [sys.executable, '-m', f'trainers.{binary}', '--help'], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES=''),
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr[-2000:]  # absl's exit status after help
+  listed = set(re.findall(r'^  --(?:\[no\])?(\w+)', result.stdout, re.MULTILINE))
+  assert set(KEY_FLAGS[binary]) <= listed, sorted(set(KEY_FLAGS[binary]) - listed)
+  assert 'verbosity' not in listed and 'test_tmpdir' not in listed  # absl's: --helpfull
+
+
 @pytest.mark.skipif(shutil.which('aad-train') is None, reason='aad-train is not installed')
 def test_installed_console_script_helps_as_python_m_does(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
@@ -263,7 +289,7 @@ def test_quickstart_trains_at_the_full_eps_it_is_evaluated_at(tmp_path, monkeypa
   assert (config.defense.defense, config.defense.aad) == ('madry', True)
   assert attack.warmup_steps < config.total_steps()
   assert config.total_steps() - attack.warmup_steps >= config.total_steps() // 2
-  assert attack.eps == pytest.approx(main.eval_eps()) == pytest.approx(0.3)
+  assert attack.eps == pytest.approx(config.eval_eps) == pytest.approx(0.3)
 
 
 def test_screen_variant_differs_from_the_paper_row_only_in_aad_scaling_and_weights(

@@ -53,6 +53,8 @@ def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
   config = json.loads((model_dir / 'config.json').read_text())
   assert config['defense']['aad'] and config['defense']['defense'] == 'madry'
   assert config['data_dir'] == str(shared_data_dir.resolve())
+  # What the binaries that read the run need (issue 16): no flags.txt parsing.
+  assert config['eval_eps'] == 0.3 and config['gradcam_layer'] == 'gradcam'
   report = json.loads((model_dir / 'eval.json').read_text())
   assert report['num_examples'] == 40
   assert set(report['accuracy']) == {'clean', 'fgsm', 'pgd5', 'worst_case'}

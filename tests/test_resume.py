@@ -23,6 +23,7 @@ import tensorflow as tf
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defenses
+from aad_tf import models
 from aad_tf import training
 
 WORKER = pathlib.Path(__file__).resolve().parent / 'train_worker.py'
@@ -335,6 +336,30 @@ def test_resume_with_a_longer_budget_is_no_change(tmp_path, caplog):
   training.train(dataclasses.replace(config, train_steps=4, learning_rate=0.002), arrays)
   assert any('Learning rate 0.001 from the checkpoint replaced by the configured 0.002' in
              r.getMessage() for r in caplog.records)
+
+
+def test_resume_of_a_run_whose_config_json_predates_eval_eps(tmp_path):
+  """config.json written before it held eval_eps and gradcam_layer (issue 16): resuming it with
+  an eval eps set is no configuration change, and its config.json gains both fields."""
+  arrays = train_worker.tiny_arrays(data_lib)
+  config = tiny_config(tmp_path / 'run', train_steps=2, checkpoint_every=2)
+  training.train(config, arrays)
+  path = tmp_path / 'run' / 'config.json'
+  old = json.loads(path.read_text())
+  for field in ('eval_eps', 'gradcam_layer'):
+    del old[field]
+  path.write_text(json.dumps(old))
+  resumed = dataclasses.replace(config, train_steps=3, eval_eps=0.3)
+  assert training.check_resume(resumed) == {}
+  # Compared as saved when the old config no longer validates: the new fields still are no change.
+  assert training.config_differences({**old, 'optimizer': 'gone'}, resumed) == {
+      'optimizer': ('gone', 'sgd')}
+  model = training.train(resumed, arrays)
+  assert int(model.optimizer.iterations.numpy()) == 3
+  assert not (tmp_path / 'run' / training.CONFIG_CHANGES).exists()
+  saved = json.loads(path.read_text())
+  assert saved['eval_eps'] == 0.3
+  assert saved['gradcam_layer'] == models.get_spec('lenet').gradcam_layer
 
 
 def test_failed_validation_leaves_no_run_directory_behind(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
-"""Tests for aad_tf/runs.py: which weights the binaries that read a run use (issue 13).
+"""Tests for aad_tf/runs.py: a run's settings (config.json) and weights by one rule (issue 13, 16).
 
-One rule for trainers.evaluate, trainers.export and trainers.analyze: the newer of the newest
-checkpoint and export/model.keras wins, logged; corrupt checkpoints are skipped, not deleted.
+One rule for every binary that reads a run (trainers.evaluate, export, analyze, visualize): the
+newer of the newest checkpoint and export/model.keras wins, logged; corrupt checkpoints are
+skipped, not deleted. Settings come from config.json; an older one without eval_eps falls back to
+the run's flags.txt, logged once with how to migrate.
 """
 
 import json
@@ -118,14 +120,101 @@ def test_missing_weights_are_value_errors(tmp_path):
     runs.load_classifier(config.model_dir, source='newest')
 
 
+def run_binary(binary, *args):
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='2')
+  result = subprocess.run([sys.executable, '-m', f'trainers.{binary}', *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
 def test_evaluate_binary_uses_the_newer_checkpoint_not_a_stale_export(run, shared_data_dir):
   config, _, _ = run
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-  result = subprocess.run(
-      [sys.executable, '-m', 'trainers.evaluate', f'--model_dir={config.model_dir}',
-       f'--data_dir={shared_data_dir}', '--attacks=clean', '--nodiagnostics',
-       '--eval_examples=20', '--batch_size=20'], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_binary('evaluate', f'--model_dir={config.model_dir}', f'--data_dir={shared_data_dir}',
+             '--attacks=clean', '--nodiagnostics', '--eval_examples=20', '--batch_size=20')
   report = json.loads((pathlib.Path(config.model_dir) / 'robustness.json').read_text())
   assert report['source'].endswith('ckpt-4 (step 4)')
+
+
+def test_visualize_binary_uses_the_same_rule(run, shared_data_dir):
+  """trainers.visualize used to read the latest checkpoint alone, whatever the export."""
+  config, _, _ = run
+  keras_path = runs.keras_path(config.model_dir)
+  args = [f'--model_dir={config.model_dir}', f'--data_dir={shared_data_dir}',
+          '--figures=attention', '--num_images=2', '--dpi=50']
+  result = run_binary('visualize', *args)
+  assert 'ckpt-4 (step 4) (ckpt-4 is newer than export/model.keras)' in result.stderr
+  assert result.stdout.split() == [os.path.join(config.model_dir, 'figures', 'attention.png')]
+  newer = os.path.getmtime(keras_path) + 1000
+  os.utime(keras_path, (newer, newer))
+  result = run_binary('visualize', *args)
+  assert f'{keras_path} (export/model.keras is newer than ckpt-4)' in result.stderr
+  result = run_binary('visualize', *args, '--weights=checkpoint')
+  assert 'ckpt-4 (step 4) (asked for)' in result.stderr
+
+
+def write_config(model_dir, config_json, flags_txt=None):
+  os.makedirs(model_dir, exist_ok=True)
+  files.write_json(os.path.join(model_dir, 'config.json'), config_json)
+  if flags_txt is not None:
+    pathlib.Path(model_dir, 'flags.txt').write_text(flags_txt)
+
+
+def test_config_json_holds_the_settings_later_binaries_need(tmp_path):
+  model_dir = str(tmp_path / 'new')
+  config = training.TrainConfig(model_dir=model_dir, eval_eps=0.25)
+  saved = config.to_json()
+  assert saved['eval_eps'] == 0.25 and saved['gradcam_layer'] == 'gradcam'
+  # flags.txt is not read for a config.json that holds eval_eps, even when it says otherwise.
+  write_config(model_dir, saved, '--eval_eps=0.1\n')
+  loaded = runs.load_config(model_dir)
+  assert loaded == config and loaded.eval_eps == 0.25
+  write_config(model_dir, training.TrainConfig(model_dir=model_dir).to_json())
+  assert runs.load_config(model_dir).eval_eps is None  # the dataset default
+
+
+def test_old_config_json_falls_back_to_flags_txt_logged_once(tmp_path, caplog):
+  caplog.set_level('INFO', logger='absl')
+  old = training.TrainConfig(model_dir=str(tmp_path / 'old')).to_json()
+  for field in ('eval_eps', 'gradcam_layer'):
+    del old[field]
+  write_config(str(tmp_path / 'old'), old, '--dataset=mnist\n--eval_eps=0.15\n--aad\n')
+  for _ in range(2):
+    assert runs.load_config(str(tmp_path / 'old')).eval_eps == 0.15
+  warnings = [r.getMessage() for r in caplog.records if 'written before' in r.getMessage()]
+  assert len(warnings) == 1
+  assert 'read --eval_eps=0.15 from' in warnings[0]
+  assert 'To migrate, add "eval_eps": 0.15 to that config.json' in warnings[0]
+  # No --eval_eps in flags.txt (the run evaluated at the dataset default), or no flags.txt.
+  write_config(str(tmp_path / 'older'), old, '--dataset=mnist\n')
+  assert runs.load_config(str(tmp_path / 'older')).eval_eps is None
+  write_config(str(tmp_path / 'oldest'), old)
+  assert runs.load_config(str(tmp_path / 'oldest')).eval_eps is None
+  assert any('"eval_eps": null' in r.getMessage() for r in caplog.records)
+
+
+def test_old_run_directory_still_opens_its_classifier(run, caplog):
+  config, trained, _ = run
+  path = pathlib.Path(config.model_dir) / 'config.json'
+  old = json.loads(path.read_text())
+  for field in ('eval_eps', 'gradcam_layer'):
+    del old[field]
+  path.write_text(json.dumps(old))
+  loaded = runs.load_classifier(config.model_dir, source='checkpoint')
+  assert loaded.gradcam_layer == 'gradcam' and loaded.step == 4
+  assert_same(weights_of(loaded.classifier), trained)
+
+
+def test_load_exported_keras_and_saved_model(tmp_path):
+  config = training.TrainConfig(model_dir=str(tmp_path / 'run'))
+  classifier, layer = training.build_classifier(config)
+  export_lib.export_all(classifier, layer, config.model_dir)
+  keras_file = runs.load_exported(runs.keras_path(config.model_dir))
+  assert keras_file.name == 'lenet' and keras_file.target.feature_fn is not None
+  saved = runs.load_exported(os.path.join(config.model_dir, 'export', 'saved_model'))
+  assert saved.name == 'saved_model' and saved.target.feature_fn is None
+  x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
+  np.testing.assert_allclose(saved.target.model_fn(x).numpy(),
+                             keras_file.target.model_fn(x).numpy(), atol=1e-5)
+  with pytest.raises(ValueError, match='does not exist'):
+    runs.load_exported(str(tmp_path / 'nothing.keras'))

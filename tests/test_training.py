@@ -25,7 +25,7 @@ def test_resume_applies_the_configured_learning_rate(tmp_path):
 def test_initial_classifier_is_the_runs_step_zero(tmp_path, shared_data_dir):
   config = training.TrainConfig(
       model_dir=str(tmp_path / 'run'), data_dir=str(shared_data_dir), batch_size=8, train_steps=1,
-      learning_rate=1e-9, defense=defense.DefenseConfig(defense='none'))
+      learning_rate=1e-9, defense=defenses.DefenseConfig(defense='none'))
   arrays = data_lib.load_arrays('mnist', data_dir=str(shared_data_dir))
   training.train(config, arrays)
   trained, _, step = training.restore_classifier(training.load_config(config.model_dir))

@@ -39,7 +39,7 @@ def main(argv):
   with open(os.path.join(FLAGS.output_dir, 'screen.json'), 'w') as f:
     json.dump(study.screen_json(rows), f, indent=2, sort_keys=True)
   logging.info('Wrote %d rows to %s.', len(rows), FLAGS.output_dir)
-  print(table)
+  print(table, flush=True)  # the table is the binary's result: printed once, on stdout
 
 
 if __name__ == '__main__':

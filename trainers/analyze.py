@@ -16,92 +16,41 @@ the definitions (grids, IoU, kappa) and aad_tf/data/imagenet_boxes.py for the Im
 
 A --model_dir is a run of trainers.main on images with boxes (boxed_mnist): its config.json names
 the dataset and backbone; the weights are the newer of export/model.keras and the latest
-checkpoint (aad_tf/runs.py). With --model,
+checkpoint (aad_tf/runs.py). The flags are defined in trainers/analyze_flags.py. With --model,
 --pretrained_weights is a whole .keras model or a weights file (the ImageNet backbones load it
 themselves: a whole InceptionV3 as in the paper's analysis; resnet50's file holds only its
 backbone, so it needs a trained run instead). --dataset=imagenet reads the validation images and
 box XML files from --imagenet_dir (layout: aad_tf/data/imagenet_boxes.py), not the TFDS pipeline.
 """
 
-import inspect
-import json
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
-import keras
-import numpy as np
-import tensorflow as tf
 
 from aad_tf import analysis
 from aad_tf import data as data_lib
 from aad_tf.data import boxed_mnist
 from aad_tf.data import imagenet_boxes
-from aad_tf import models
+from aad_tf import experiment
 from aad_tf import runs
-from aad_tf import training
+from trainers import analyze_flags
 from trainers import flagfiles
 
 FLAGS = flags.FLAGS
-
-# The datasets with bounding boxes; each registry entry holds its analysis_stepll_eps and
-# analysis_segmentation (the defaults of --eps and --lime_segmentation; aad_tf/data/catalog.py).
-DATASETS = tuple(name for name in data_lib.available_datasets()
-                 if data_lib.get_info(name).analyzable)
+DATASETS = analyze_flags.DATASETS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('model_dir', None, 'A trainers.main run to analyse (config.json + weights).')
-  flags.DEFINE_enum('model', None, list(models.available_models()),
-                    'Backbone to build when no --model_dir is given.')
-  flags.DEFINE_string('pretrained_weights', None,
-                      'Weights for --model: a .weights.h5 file or a whole .keras model.')
-  flags.DEFINE_list('compare_model_dirs', [],
-                    'More trainers.main runs analysed on the same images (Sec. 5.5 view).')
-  flags.DEFINE_enum('dataset', None, list(DATASETS),
-                    "Images with boxes (default: the --model_dir's dataset).")
-  flags.DEFINE_string('data_dir', None, 'Directory with mnist.npz (boxed_mnist).')
-  flags.DEFINE_enum('data_source', 'auto', ['auto', 'npz', 'tfds'], 'Where to read MNIST.')
-  flags.DEFINE_string('imagenet_dir', None,
-                      'ImageNet directory with val/, val_boxes/, synsets.txt (imagenet).')
-  flags.DEFINE_integer('image_size', None,
-                       'ImageNet input side for --model (default: 299 inception_v3, else 224).',
-                       lower_bound=1)
-  flags.DEFINE_integer('num_examples', None,
-                       'Analyse the first N images (default: the boxed_mnist test split, 2000; '
-                       'all annotated ImageNet images).', lower_bound=1)
-  flags.DEFINE_float('eps', None, "StepLL eps (default: the dataset's analysis_stepll_eps).",
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_enum('kappa_mode', 'equal_area', list(analysis.KAPPA_MODES),
-                    'Att threshold for Tables 1-2: equal_area (the paper), mean, or fixed.')
-  flags.DEFINE_float('kappa', 0.5, 'Fixed kappa on max-normalised maps (--kappa_mode=fixed).',
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer('grid', 8, 'Analysis grid side (the paper: 8); 0 keeps the native grid.',
-                       lower_bound=0)
-  flags.DEFINE_list('cells', ['5', '10', '20', '30'], 'Table 3: top #cell values.')
-  flags.DEFINE_enum('adv_cam_label', 'true', list(analysis.ADV_CAM_LABELS),
-                    'Grad-CAM of x_adv for the true label or the adversarial prediction.')
-  flags.DEFINE_list('lime_features', ['8', '10'],
-                    'Tables 4-5: LIME features kept (empty: skip LIME).')
-  flags.DEFINE_integer('lime_examples', 100, 'LIME explains the first N images of I_att.',
-                       lower_bound=0)
-  flags.DEFINE_integer('lime_samples', 1000, "LIME's samples per explanation.", lower_bound=1)
-  flags.DEFINE_enum('lime_segmentation', None, list(analysis.SEGMENTATIONS),
-                    "LIME superpixels (default: the dataset's analysis_segmentation).")
-  flags.DEFINE_integer('lime_segments', 64, 'About how many SLIC superpixels.', lower_bound=1)
-  flags.DEFINE_integer('batch_size', 100, 'Images per compiled call.', lower_bound=1)
-  flags.DEFINE_integer('figure_examples', 3, 'Flipped and held examples per figure.',
-                       lower_bound=1)
-  flags.DEFINE_integer('attack_rounds', 5, 'Iterative attack rounds in fig2_rounds.png.',
-                       lower_bound=1)
-  flags.DEFINE_integer('seed', 0, 'Seed for LIME (and the boxed_mnist canvases).', lower_bound=0)
-  flags.DEFINE_string('output_dir', None, 'Where to write (default: <model_dir>/analysis).')
+  analyze_flags.define_flags()
+  # --help lists the flags of the main module only: make the defined ones its key flags.
+  flags.adopt_module_key_flags(analyze_flags)
 
 
-def run_config(model_dir: str) -> training.TrainConfig:
+def run_config(model_dir: str):
   try:
-    return training.load_config(model_dir)
+    return runs.load_config(model_dir)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 
@@ -114,23 +63,6 @@ def load_run(model_dir: str) -> analysis.AnalyzedModel:
     raise app.UsageError(f'{model_dir}: {e}') from e
   return analysis.AnalyzedModel(os.path.basename(os.path.normpath(model_dir)), run.classifier,
                                 run.gradcam_layer)
-
-
-def load_pretrained(name: str, weights: str, input_shape, num_classes: int
-                    ) -> analysis.AnalyzedModel:
-  """--model with --pretrained_weights: a whole .keras model, or a weights file."""
-  spec = models.get_spec(name)
-  if weights.endswith('.keras'):
-    classifier = keras.models.load_model(weights, safe_mode=True, compile=False)
-  elif 'pretrained_weights' in inspect.signature(spec.builder).parameters:
-    # ImageNet backbones load their own weights file (see aad_tf/models/imagenet.py).
-    classifier = models.get_model(name, input_shape=input_shape, num_classes=num_classes,
-                                  pretrained_weights=weights)
-  else:
-    classifier = models.get_model(name, input_shape=input_shape, num_classes=num_classes)
-    classifier.load_weights(weights)
-  logging.info('Loaded %s weights from %s.', name, weights)
-  return analysis.AnalyzedModel(name, classifier, spec.gradcam_layer)
 
 
 def int_list(name: str):
@@ -209,7 +141,8 @@ def main(argv):
   if FLAGS.model_dir:
     primary = load_run(FLAGS.model_dir)
   else:
-    primary = load_pretrained(FLAGS.model, FLAGS.pretrained_weights, input_shape, num_classes)
+    primary = experiment.load_pretrained(FLAGS.model, FLAGS.pretrained_weights, input_shape,
+                                         num_classes)
   compared = [load_run(d) for d in FLAGS.compare_model_dirs]
   if dataset == 'imagenet':
     size = primary.classifier.input_shape[1:3]
@@ -225,47 +158,12 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 
-  tf.io.gfile.makedirs(output_dir)
-  figures = write_figures(result, [primary, *compared], output_dir, class_names)
-  with open(os.path.join(output_dir, 'analysis.json'), 'w') as f:
-    json.dump(analysis.to_json(result, settings), f, indent=2, default=str)
-  markdown = analysis.to_markdown(result, figures=figures, settings=settings)
-  with open(os.path.join(output_dir, 'analysis.md'), 'w') as f:
-    f.write(markdown)
-  np.savez_compressed(os.path.join(output_dir, 'records.npz'),
-                      **{f'{name}/{key}': value for name, records in result.records.items()
-                         for key, value in records.items()})
-  print(markdown)
-  logging.info('Wrote %s.', output_dir)
-
-
-def write_figures(result, analyzed, output_dir, class_names):
-  """Writes the figures; returns their file names."""
-  written = []
-  primary = analyzed[0]
-  examples = result.examples
-  if examples['flipped'] or examples['held']:
-    fig = analysis.figures.attention_figure(examples, primary.name, class_names=class_names)
-    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig1_gradcam.png')))
-    chosen = examples['flipped'][:2] + examples['held'][:1]
-    images = np.stack([e['x'] for e in chosen])
-    labels = np.array([e['label'] for e in chosen])
-    rounds = analysis.attack_rounds(primary, images, labels, eps=result.config.eps,
-                                    num_rounds=FLAGS.attack_rounds)
-    fig = analysis.figures.rounds_figure(
-        images, [e['boxes'] for e in chosen], labels, rounds, class_names=class_names,
-        title=f'{primary.name}: Grad-CAM over Iter-StepLL rounds (eps {result.config.eps:.3g})')
-    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig2_rounds.png')))
-    if len(analyzed) > 1:
-      fig = analysis.figures.comparison_figure(examples, [m.name for m in analyzed],
-                                               class_names=class_names)
-      written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig_compare.png')))
-  lime = result.lime_examples
-  if lime['flipped'] or lime['held']:
-    fig = analysis.figures.lime_figure(lime, result.config.lime_features[0],
-                                       class_names=class_names)
-    written.append(analysis.figures.save(fig, os.path.join(output_dir, 'fig3_lime.png')))
-  return [os.path.basename(path) for path in written]
+  markdown = experiment.write_analysis(result, [primary, *compared], output_dir,
+                                      settings=settings, class_names=class_names,
+                                      attack_rounds=FLAGS.attack_rounds)
+  # The tables are the binary's result: printed once, on stdout (the log says where they are
+  # saved).
+  print(markdown, flush=True)
 
 
 def run() -> None:

@@ -53,7 +53,7 @@ def main(argv):
     report = results.format_report(rows, FLAGS.dataset)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  print(report)
+  print(report, flush=True)  # the tables are the binary's result: printed once, on stdout
   if not FLAGS.output_dir:
     return
   os.makedirs(FLAGS.output_dir, exist_ok=True)

@@ -6,8 +6,8 @@ writes /tmp/serving/aad/1/ (signatures `serving_default` and `attention`, see aa
 its MODEL_CARD.md and model_info.json (from the run's config.json and robustness.json, see
 aad_tf/model_card.py), and /tmp/serving/aad/model-1.keras. The weights come from the newer of the
 run's latest checkpoint that restores and <model_dir>/export/model.keras (the rule of
-aad_tf/runs.py, shared with trainers.evaluate), or from --checkpoint / --source. Serve the base
-directory with
+aad_tf/runs.py, shared by every binary that reads a run), or from --checkpoint / --source. Serve
+the base directory with
 
   tensorflow_model_server --rest_api_port=8501 --model_name=aad --model_base_path=/tmp/serving/aad
 """
@@ -20,9 +20,7 @@ from absl import logging
 
 from aad_tf import export as export_lib
 from aad_tf import model_card
-from aad_tf import models
 from aad_tf import runs
-from aad_tf import training
 from trainers import flagfiles
 
 FLAGS = flags.FLAGS
@@ -49,7 +47,8 @@ def version_of(export_dir: str) -> int:
   if not name.isdigit() or int(name) < 1:
     raise app.UsageError(
         f'--export_dir must end in a positive integer version (TF Serving loads '
-        f'<base>/<version>/), e.g. {os.path.join(export_dir.rstrip("/"), "1")}; got {export_dir!r}.')
+        f'<base>/<version>/), e.g. {os.path.join(export_dir.rstrip("/"), "1")}; '
+        f'got {export_dir!r}.')
   return int(name)
 
 
@@ -83,9 +82,10 @@ def main(argv):
   if FLAGS.export_keras:
     written.append(export_lib.export_keras(
         classifier, os.path.join(os.path.dirname(export_dir), f'model-{version}.keras')))
-  print(f'Exported {classifier.name} ({origin}) to:\n  ' + '\n  '.join(written))
-  print(f'Serve with: tensorflow_model_server --rest_api_port=8501 --model_name=<name> '
-        f'--model_base_path={os.path.dirname(export_dir)}')
+  # What was written, and how to serve it, is the binary's result: printed once, on stdout.
+  print(f'Exported {classifier.name} ({origin}) to:\n  ' + '\n  '.join(written) +
+        f'\nServe with: tensorflow_model_server --rest_api_port=8501 --model_name=<name> '
+        f'--model_base_path={os.path.dirname(export_dir)}', flush=True)
 
 
 def run() -> None:

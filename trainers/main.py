@@ -8,6 +8,7 @@ Writes into --model_dir: checkpoints/, tensorboard/, flags.txt, config.json, exp
 changed run-defining flag (dataset, model, defense, AAD, attack, seed, ...) is refused unless
 --allow_config_change. Nothing in --model_dir changes before the flags, the data, the model and
 the existing run have been checked; an expected failure is one line on stderr (trainers/cli.py).
+The flags are defined in trainers/train_flags.py and trainers/common_flags.py.
 """
 
 import os
@@ -17,27 +18,19 @@ from typing import Optional
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
-from aad_tf import defenses as defense_lib
 from aad_tf import distribute
 from aad_tf import evaluation
+from aad_tf import experiment
 from aad_tf import export as export_lib
-from aad_tf import figures
-from aad_tf import files
-from aad_tf import gradcam as gradcam_lib
 from aad_tf import model_card
 from aad_tf import models
-from aad_tf.models import imagenet as imagenet_models
-from aad_tf import overfitting
-from aad_tf import summaries
 from aad_tf import training
-from trainers import cli
 from trainers import common_flags
-from trainers import defense_flags
 from trainers import flagfiles
+from trainers import train_flags
 
 FLAGS = flags.FLAGS
 
@@ -45,188 +38,26 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   common_flags.define_common_flags()
   common_flags.define_resume_flags()
-  flags.DEFINE_enum('model', 'lenet', list(models.available_models()), 'Classifier backbone.')
-  flags.DEFINE_float('keep_prob', 0.5, 'Dropout keep probability (LeNet).', lower_bound=0.0,
-                     upper_bound=1.0)
-  flags.DEFINE_integer('batch_size', 100, 'Global batch size.', lower_bound=1)
-  flags.DEFINE_float('epochs', 5, 'Training epochs (unless --train_steps).', lower_bound=0.0)
-  flags.DEFINE_enum('optimizer', 'adam', list(training.OPTIMIZERS), 'Optimizer.')
-  flags.DEFINE_float('learning_rate', 1e-3, 'Initial learning rate.', lower_bound=0.0)
-  flags.DEFINE_float('lr_decay_rate', 1.0, 'Learning-rate factor every --lr_decay_epochs.',
-                     lower_bound=0.0)
-  flags.DEFINE_float('lr_decay_epochs', 1.0, 'Epochs between learning-rate decays.',
-                     lower_bound=0.0)
-  flags.DEFINE_float('momentum', 0.9, 'Momentum for sgd and rmsprop.', lower_bound=0.0)
-  flags.DEFINE_enum('augment', 'none', ['none', 'pad_crop_flip', 'inception_crop_flip'],
-                    'Training augmentation: pad_crop_flip (CIFAR-10), inception_crop_flip '
-                    '(ImageNet random-resized crop and flip).')
-  flags.DEFINE_enum('defense', 'madry', sorted(defense_lib.BASE_DEFENSES),
-                    'Base adversarial training.')
-  flags.DEFINE_bool('aad', False, "Add AAD's rectification and preservation losses.")
-  flags.DEFINE_float('alpha', 0.01, 'Weight of the rectification loss.', lower_bound=0.0)
-  flags.DEFINE_float('beta', 0.01, 'Weight of the preservation loss.', lower_bound=0.0)
-  flags.DEFINE_string('kappa', 'mean', "Attention threshold: 'mean' or a number.")
-  flags.DEFINE_enum('gradcam_normalize', 'none', list(gradcam_lib.NORMALIZATIONS),
-                    "Scaling of the Grad-CAM maps of L_p and the masks: none (raw, the TOMM "
-                    "text), max (per-image max) or rms_softmax (the authors' TF1 code).")
-  flags.DEFINE_enum('attention_mode', 'inference', list(defense_lib.ATTENTION_MODES),
-                    "AAD's attention passes: inference (no dropout noise, one BatchNorm update "
-                    "per step) or training (the earlier behaviour).")
-  flags.DEFINE_integer('aad_diagnostics_examples', 100,
-                       'Training images of the aad/* TensorBoard diagnostics, computed every '
-                       '--log_every steps (0: off).', lower_bound=0)
-  flags.DEFINE_enum('classification_loss', 'ce', ['ce', 'soft_margin'],
-                    'L_c: cross-entropy or multi-label soft margin (the paper).')
-  flags.DEFINE_float('train_eps', 0.3, 'L-inf radius of the training attack.', lower_bound=0.0,
-                     upper_bound=1.0)
-  flags.DEFINE_float('train_step_size', 0.01, 'Step size of the training PGD.', lower_bound=0.0)
-  flags.DEFINE_integer('train_num_steps', 40, 'Steps of the training PGD.', lower_bound=0)
-  flags.DEFINE_bool('train_random_init', True, 'Random start for the training PGD.')
-  flags.DEFINE_integer('train_eps_warmup_steps', 0,
-                       'Ramp the training eps (and step size) linearly over this many steps.',
-                       lower_bound=0)
-  defense_flags.define_flags()  # each base defense's hyperparameters (--alp_weight, ...)
-  flags.adopt_module_key_flags(defense_flags)
-  flags.DEFINE_enum('overfit_guard', 'off', list(overfitting.MODES),
-                    'Catastrophic-overfitting guard: off, warn, stop, or rollback (restore the '
-                    'last healthy checkpoint and stop).')
-  flags.DEFINE_integer('overfit_guard_examples', 500,
-                       'Held-out examples (the last N of the test split) the guard attacks.',
-                       lower_bound=1)
-  flags.DEFINE_integer('overfit_guard_every', 0,
-                       'Guard check every N steps as well as at epoch ends (0: epoch ends only).',
-                       lower_bound=0)
-  flags.DEFINE_integer('overfit_guard_pgd_steps', 10, 'PGD steps of the guard check.',
-                       lower_bound=1)
-  flags.DEFINE_float('overfit_guard_drop', 0.2,
-                     'PGD accuracy drop (fraction) below the best check that counts as a collapse.',
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer('checkpoint_every', 500, 'Steps between checkpoints.', lower_bound=1)
-  flags.DEFINE_integer('keep_checkpoints', 3, 'Checkpoints to keep.', lower_bound=1)
-  flags.DEFINE_integer('log_every', 100, 'Steps between scalar summaries.', lower_bound=1)
-  flags.DEFINE_integer('summary_every', 200, 'Steps between activation-map image summaries.',
-                       lower_bound=1)
-  flags.DEFINE_integer('summary_images', 8,
-                       'Held-out test images in the TensorBoard activation-map panel (0: none).',
-                       lower_bound=0)
-  flags.DEFINE_list('eval_attacks', ['clean', 'fgsm', 'pgd20'],
-                    'Closing evaluation attacks (names as in trainers.evaluate --attacks).')
-  flags.DEFINE_float('eval_eps', None, "Evaluation eps (default: the dataset's eval_eps).",
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer('eval_batch_size', 500, 'Evaluation batch size.', lower_bound=1)
-  flags.DEFINE_bool('export', True, 'Export the classifier after training.')
-  # Scale: backbones, ImageNet input, distribution, precision, determinism.
-  flags.DEFINE_string('pretrained_weights', None,
-                      'Local weights file to start from (resnet50: backbone weights; '
-                      'inception_v3: the whole network). Never downloaded.')
-  flags.DEFINE_enum('resnet_source', 'keras_cv', list(imagenet_models.RESNET_SOURCES),
-                    'Library of --model=resnet50: keras_cv (default) or keras_applications '
-                    '(keras.applications.ResNet50, no keras-cv).')
-  flags.DEFINE_integer('image_size', None, 'Input size for ImageNet (default 224).',
-                       lower_bound=32)
-  flags.DEFINE_string('manual_dir', None,
-                      'Directory with ILSVRC2012_img_{train,val}.tar for preparing ImageNet '
-                      '(default <data_dir>/downloads/manual).')
-  flags.DEFINE_list('devices', [],
-                    'Devices to mirror over, e.g. GPU:0,GPU:1 (cpu:0,cpu:1 splits the CPU); '
-                    'default: every visible GPU. Multi-worker: set TF_CONFIG instead.')
-  flags.DEFINE_bool('mixed_precision', False,
-                    'Compute in bfloat16 with float32 variables (mixed_bfloat16).')
-  flags.DEFINE_bool('jit_compile', None,
-                    'Compile the train step with XLA (default: Keras decides; off with several '
-                    'replicas or --deterministic).')
-  flags.DEFINE_bool('deterministic', False,
-                    'Deterministic ops and seeds: a resumed run ends with the same weights as an '
-                    'uninterrupted one.')
+  train_flags.define_flags()
+  # --help lists the flags of the main module only: make the defined ones its key flags.
+  flags.adopt_module_key_flags(common_flags)
+  flags.adopt_module_key_flags(train_flags)
 
 
-def config_from_flags() -> training.TrainConfig:
-  """Builds and validates the run's config; raises app.UsageError naming the bad flag."""
-  if not FLAGS.model_dir:
-    raise app.UsageError('--model_dir is required.')
-  try:
-    attack = defense_lib.AttackConfig(eps=FLAGS.train_eps, step_size=FLAGS.train_step_size,
-                                      num_steps=FLAGS.train_num_steps,
-                                      random_init=FLAGS.train_random_init,
-                                      warmup_steps=FLAGS.train_eps_warmup_steps)
-    defense = defense_lib.DefenseConfig(
-        defense=FLAGS.defense, aad=FLAGS.aad, alpha=FLAGS.alpha, beta=FLAGS.beta,
-        kappa=common_flags.parse_kappa(FLAGS.kappa), classification_loss=FLAGS.classification_loss,
-        attack=attack, gradcam_normalize=FLAGS.gradcam_normalize,
-        attention_mode=FLAGS.attention_mode,
-        hparams=defense_flags.hparams_from_flags(FLAGS.defense))
-    config = training.TrainConfig(
-        model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-        data_source=FLAGS.data_source, download=FLAGS.download, model=model_from_flags(),
-        keep_prob=FLAGS.keep_prob, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
-        train_steps=FLAGS.train_steps, optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate, lr_decay_rate=FLAGS.lr_decay_rate,
-        lr_decay_epochs=FLAGS.lr_decay_epochs, momentum=FLAGS.momentum,
-        augment=None if FLAGS.augment == 'none' else FLAGS.augment, seed=FLAGS.seed,
-        defense=defense, checkpoint_every=FLAGS.checkpoint_every,
-        keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every,
-        pretrained_weights=FLAGS.pretrained_weights, image_size=FLAGS.image_size,
-        manual_dir=FLAGS.manual_dir, mixed_precision=FLAGS.mixed_precision,
-        jit_compile=FLAGS.jit_compile, deterministic=FLAGS.deterministic)
-    evaluation.standard_attacks(FLAGS.eval_attacks, eps=eval_eps())
-    info = data_lib.get_info(FLAGS.dataset)  # e.g. ensemble's static models must fit the data
-    defense_lib.get_defense(defense.defense).check_inputs(
-        defense, input_shape=info.image_shape, num_classes=info.num_classes)
-  except ValueError as e:
-    raise app.UsageError(f'Invalid flags: {e}') from e
-  return config
+def summary_callback(config: training.TrainConfig, arrays: data_lib.Arrays):
+  """The TensorBoard callback of --summary_images, --summary_every, --aad_diagnostics_examples."""
+  return experiment.summary_callback(
+      config, arrays, num_images=FLAGS.summary_images, image_every=FLAGS.summary_every,
+      diagnostic_examples=FLAGS.aad_diagnostics_examples)
 
 
-def model_from_flags() -> str:
-  """The registry name of --model, with --resnet_source choosing ResNet50's library."""
-  if FLAGS.model == 'resnet50':
-    return imagenet_models.RESNET_SOURCES[FLAGS.resnet_source]
-  if FLAGS.resnet_source != 'keras_cv':
-    raise app.UsageError(f'--resnet_source applies to --model=resnet50, not {FLAGS.model}.')
-  return FLAGS.model
-
-
-def eval_eps() -> float:
-  if FLAGS.eval_eps is not None:
-    return FLAGS.eval_eps
-  return data_lib.get_info(FLAGS.dataset).eval_eps  # the registry entry's evaluation budget
-
-
-def summary_callback(config: training.TrainConfig, arrays: data_lib.Arrays
-                     ) -> summaries.TrainSummaries:
-  """TensorBoard scalars, hparams and an activation-map panel of fixed test images."""
-  images = labels = diagnostic_images = diagnostic_labels = None
-  if FLAGS.summary_images:
-    x_test, y_test = arrays.split('test')
-    index = figures.pick_examples(y_test, min(FLAGS.summary_images, len(y_test)))
-    images, labels = x_test[index], y_test[index]
-  if config.defense.aad and FLAGS.aad_diagnostics_examples:
-    # A fixed batch of training images (the first of the train split), so that successive
-    # points of the aad/* curves differ by the weights only.
-    x_train, y_train = arrays.split('train')
-    diagnostic_images = x_train[:FLAGS.aad_diagnostics_examples]
-    diagnostic_labels = y_train[:FLAGS.aad_diagnostics_examples]
-  return summaries.TrainSummaries(
-      summaries.log_dir(config.model_dir), scalar_every=config.log_every, images=images,
-      labels=labels, class_names=figures.class_names(config.dataset, config.info.num_classes),
-      image_every=FLAGS.summary_every, hparams=config.to_json(),
-      diagnostic_images=diagnostic_images, diagnostic_labels=diagnostic_labels)
-
-
-def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays
-                  ) -> Optional[overfitting.OverfitGuard]:
+def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays):
   """The catastrophic-overfitting guard of --overfit_guard (None when off)."""
-  if FLAGS.overfit_guard == 'off':
-    return None
-  x_test, y_test = arrays.split('test')
-  x, y = overfitting.held_out(x_test, y_test, min(FLAGS.overfit_guard_examples, len(x_test)))
-  if (FLAGS.eval_examples or len(x_test)) + len(x) > len(x_test):
-    logging.warning('The guard\'s held-out examples overlap the closing evaluation\'s.')
-  return overfitting.OverfitGuard(
-      x, y, eps=eval_eps(), mode=FLAGS.overfit_guard, pgd_steps=FLAGS.overfit_guard_pgd_steps,
-      min_pgd_drop=FLAGS.overfit_guard_drop, every_steps=FLAGS.overfit_guard_every,
-      batch_size=FLAGS.eval_batch_size,
-      checkpoint_dir=os.path.join(config.model_dir, 'checkpoints'))
+  return experiment.overfit_guard(
+      config, arrays, mode=FLAGS.overfit_guard, num_examples=FLAGS.overfit_guard_examples,
+      every_steps=FLAGS.overfit_guard_every, pgd_steps=FLAGS.overfit_guard_pgd_steps,
+      min_pgd_drop=FLAGS.overfit_guard_drop, batch_size=FLAGS.eval_batch_size,
+      eval_examples=FLAGS.eval_examples)
 
 
 def create_strategy():
@@ -256,19 +87,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   strategy = create_strategy()
-  config = common_flags.absolute_paths(config_from_flags())
+  config = common_flags.absolute_paths(train_flags.config_from_flags())
   chief = distribute.is_chief(strategy)
   if chief:  # Cheap checks first: the run directory and the existing run.
     checkpointing.check_writable(config.model_dir)
     training.check_resume(config, FLAGS.allow_config_change)
-  streamed = config.info.streamed
-  if not streamed:
-    check_eval_examples(config, None)
-  if streamed and FLAGS.overfit_guard != 'off':
+  if not config.info.streamed:
+    check_eval_examples(config, None)  # before loading: the standard test split
+  if config.info.streamed and FLAGS.overfit_guard != 'off':
     raise app.UsageError(f'--overfit_guard needs an in-memory dataset, not {config.dataset}.')
   source = data_lib.training_data(config)
   check_eval_examples(config, source)
-  arrays = source.arrays
+  arrays = source.arrays  # None when streamed
   guard = overfit_guard(config, arrays) if arrays is not None else None
   shown = arrays if arrays is not None or not FLAGS.summary_images else source.sample(
       FLAGS.summary_images)
@@ -282,33 +112,19 @@ def main(argv):
   train_wall_time = time.time() - started
   if not chief:
     return
-  classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
   if FLAGS.export:
-    export_lib.export_all(classifier, layer, config.model_dir)
-  dataset = source.eval_dataset(batch_size=FLAGS.eval_batch_size,
-                               num_examples=FLAGS.eval_examples)
-  eps = eval_eps()
-  report = evaluation.evaluate(classifier, dataset,
-                               evaluation.standard_attacks(FLAGS.eval_attacks, eps=eps,
-                                                           seed=config.seed),
-                               gradcam_layer=layer, seed=config.seed,
-                               progress=sys.stdout.isatty())
-  table = evaluation.format_table(report, row_name=os.path.basename(config.model_dir.rstrip('/')))
-  print(f'Closing evaluation (eps {eps:.4f}, {report.num_examples} test examples), accuracy '
-        f'(%):\n{table}', flush=True)  # Once, on stdout; the log says where it is saved.
-  files.write_json(os.path.join(config.model_dir, 'eval.json'),
-                   {'dataset': config.dataset, 'model': config.model, 'eps': eps,
-                    'seed': config.seed, **report.to_json(),
-                    # This invocation only (a resumed run counts from its restart), tracing
-                    # included; final_step is the optimizer step the model was trained to.
-                    'train': {'final_step': int(model.optimizer.iterations.numpy()),
-                              'wall_time_s': train_wall_time},
-                    'overfit_guard': guard.summary() if guard else None,
-                    'aad_diagnostics': writer.aad_summary() if writer else None})
-  logging.info('Wrote the closing evaluation to %s.', os.path.join(config.model_dir, 'eval.json'))
-  summaries.write_eval_scalars(summaries.log_dir(config.model_dir),
-                               int(model.optimizer.iterations.numpy()),
-                               report.to_json()['accuracy'])
+    export_lib.export_all(model.classifier, models.get_spec(config.model).gradcam_layer,
+                          config.model_dir)
+  attacks = evaluation.standard_attacks(FLAGS.eval_attacks, eps=config.eval_eps,
+                                        seed=config.seed)
+  report, table = experiment.closing_evaluation(
+      model, config, source.eval_dataset(batch_size=FLAGS.eval_batch_size,
+                                          num_examples=FLAGS.eval_examples), attacks,
+      train_wall_time=train_wall_time, guard=guard, writer=writer,
+      progress=sys.stdout.isatty())
+  # The table is the run's result: printed once, on stdout (the log says where it is saved).
+  print(f'Closing evaluation (eps {config.eval_eps:.4f}, {report.num_examples} test examples), '
+        f'accuracy (%):\n{table}', flush=True)
   if FLAGS.export:  # after eval.json, which the card lists
     model_card.write(config.model_dir, os.path.join(config.model_dir, 'export'))
 

@@ -13,63 +13,31 @@ r"""Draws PNG figures of runs: activation maps, their evolution, robustness and 
 
 Files written to --output_dir (default <model_dir>/figures): attention.png, compare.png,
 evolution.png, robustness.png, sensitivity.png. The maps use the run's training attack unless
---eps / --attack_steps / --attack_step_size are given.
+--eps / --attack_steps / --attack_step_size are given, and its weights by aad_tf/runs.py's rule
+(--weights; the evolution figure steps through the kept checkpoints). The flags are defined in
+trainers/visualize_flags.py.
 """
 
-import dataclasses
 import os
 from typing import Dict, List
 
-import numpy as np
 import tensorflow as tf
 from absl import app
 from absl import flags
-from absl import logging
 
-from aad_tf import data as data_lib
+from aad_tf import experiment
 from aad_tf import figures
-from aad_tf import training
 from trainers import flagfiles
+from trainers import visualize_flags
 
 FLAGS = flags.FLAGS
-FIGURES = ('attention', 'compare', 'evolution', 'robustness', 'sensitivity')
+FIGURES = visualize_flags.FIGURES
 
 
 def define_flags() -> None:
-  flags.DEFINE_list('figures', ['attention', 'evolution'],
-                    f'Figures to draw, any of: {", ".join(FIGURES)}.')
-  flags.DEFINE_string('model_dir', None, 'The run for attention and evolution.')
-  flags.DEFINE_list('runs', [], 'Run directories (globs allowed) for compare, robustness and '
-                    'sensitivity.')
-  flags.DEFINE_multi_string('curve', [], 'NAME=GLOB: one robustness curve from the accuracy '
-                            'files matching GLOB (e.g. eval.json of runs at several eps); '
-                            'repeatable; default one curve per --runs entry.')
-  flags.DEFINE_string('output_dir', None, 'Where PNGs go (default <model_dir>/figures).')
-  flags.DEFINE_string('sweep_file', 'eval.json',
-                      "The sensitivity figure's accuracy file in each run, relative to it (e.g. "
-                      "screen/robustness.json of docs/results/aad_study.sh).")
-  flags.DEFINE_string('data_dir', None, "Data directory (default: the run's --data_dir).")
-  flags.DEFINE_integer('num_images', 8, 'Test images in attention and compare figures.',
-                       lower_bound=1)
-  flags.DEFINE_integer('evolution_images', 2, 'Test images in the evolution figure.',
-                       lower_bound=1)
-  flags.DEFINE_integer('max_checkpoints', 6, 'Most checkpoints in the evolution figure (evenly '
-                       'chosen among those kept).', lower_bound=1)
-  flags.DEFINE_bool('include_init', True, 'Evolution starts at step 0 (the initial weights, '
-                    "rebuilt from the run's seed).")
-  flags.DEFINE_enum('explain', 'label', list(figures.EXPLAIN),
-                    'Grad-CAM of the true label or of the predicted class.')
-  flags.DEFINE_float('eps', None, "Attack eps for the maps (default: the run's training eps).",
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer('attack_steps', None, 'PGD steps for the maps (default: training).',
-                       lower_bound=0)
-  flags.DEFINE_float('attack_step_size', None, 'PGD step size for the maps (default: training).',
-                     lower_bound=0.0)
-  flags.DEFINE_list('attacks', [], 'Attacks on the robustness and sensitivity curves (default: '
-                    'all in the files).')
-  flags.DEFINE_float('fixed_alpha', None, 'Alpha of the beta sweep (default: most common).')
-  flags.DEFINE_float('fixed_beta', None, 'Beta of the alpha sweep (default: most common).')
-  flags.DEFINE_integer('dpi', 110, 'PNG resolution.', lower_bound=50)
+  visualize_flags.define_flags()
+  # --help lists the flags of the main module only: make the defined ones its key flags.
+  flags.adopt_module_key_flags(visualize_flags)
 
 
 def expand(patterns: List[str]) -> List[str]:
@@ -86,43 +54,18 @@ def name_of(run_dir: str) -> str:
   return os.path.basename(run_dir.rstrip('/'))
 
 
-class RunMaps:
-  """A run's config, test images and panel makers for its checkpoints."""
-
-  def __init__(self, run_dir: str):
-    try:
-      self.config = training.load_config(run_dir)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from e
-    self.arrays = data_lib.load_arrays(self.config.dataset,
-                                       data_dir=FLAGS.data_dir or self.config.data_dir,
-                                       source=self.config.data_source)
-    self.names = figures.class_names(self.config.dataset, self.config.info.num_classes)
-    attack = self.config.defense.attack
-    overrides = {'eps': FLAGS.eps, 'num_steps': FLAGS.attack_steps,
-                 'step_size': FLAGS.attack_step_size}
-    self.attack = dataclasses.replace(attack, **{k: v for k, v in overrides.items()
-                                                 if v is not None})
-
-  def examples(self, num: int):
-    x, y = self.arrays.split('test')
-    index = figures.pick_examples(y, num)
-    return x[index], y[index]
-
-  def maker(self, classifier, layer) -> figures.PanelMaker:
-    return figures.PanelMaker(classifier, layer, self.attack, explain=FLAGS.explain,
-                              seed=self.config.seed)
-
-  def latest(self, num: int):
-    classifier, layer, step = training.restore_classifier(self.config)
-    return step, self.maker(classifier, layer)(*self.examples(num))
+def run_maps(run_dir: str) -> experiment.RunMaps:
+  return experiment.RunMaps(run_dir, data_dir=FLAGS.data_dir, eps=FLAGS.eps,
+                            num_steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
+                            explain=FLAGS.explain)
 
 
 def draw_attention(out: str) -> str:
-  run = RunMaps(FLAGS.model_dir)
-  step, panel = run.latest(FLAGS.num_images)
+  run = run_maps(FLAGS.model_dir)
+  loaded, panel = run.latest(FLAGS.num_images, source=FLAGS.weights)
+  weights = f'step {loaded.step}' if loaded.step is not None else 'its export'
   fig = figures.panel_figure(panel, run.names, dpi=FLAGS.dpi,
-                             title=f'{name_of(FLAGS.model_dir)} at step {step}: where the model '
+                             title=f'{name_of(FLAGS.model_dir)} at {weights}: where the model '
                              'looks, clean and under attack')
   return figures.save_png(fig, os.path.join(out, 'attention.png'))
 
@@ -130,32 +73,17 @@ def draw_attention(out: str) -> str:
 def draw_compare(out: str) -> str:
   panels: Dict[str, figures.AttentionPanel] = {}
   for run_dir in expand(FLAGS.runs):
-    run = RunMaps(run_dir)
-    _, panels[name_of(run_dir)] = run.latest(FLAGS.num_images)
-  names = run.names
-  fig = figures.comparison_figure(panels, names, dpi=FLAGS.dpi,
+    run = run_maps(run_dir)
+    _, panels[name_of(run_dir)] = run.latest(FLAGS.num_images, source=FLAGS.weights)
+  fig = figures.comparison_figure(panels, run.names, dpi=FLAGS.dpi,
                                   title='Grad-CAM of clean and adversarial images, per model')
   return figures.save_png(fig, os.path.join(out, 'compare.png'))
 
 
 def draw_evolution(out: str) -> str:
-  run = RunMaps(FLAGS.model_dir)
-  kept = list(training.list_checkpoints(FLAGS.model_dir))
-  if len(kept) > FLAGS.max_checkpoints:
-    chosen = np.unique(np.linspace(0, len(kept) - 1, FLAGS.max_checkpoints).round().astype(int))
-    kept = [kept[i] for i in chosen]
-  # One classifier whose weights are swapped per checkpoint, so the maps are traced once.
-  classifier, layer = training.initial_classifier(run.config)
-  maker = run.maker(classifier, layer)
-  x, y = run.examples(FLAGS.evolution_images)
-  snapshots = []
-  if FLAGS.include_init and (not kept or kept[0][0] > 0):
-    snapshots.append((0, maker(x, y)))
-  for step, path in kept:
-    training.restore_classifier(run.config, path, classifier=classifier)
-    snapshots.append((step, maker(x, y)))
-  if not snapshots:
-    raise app.UsageError(f'No checkpoint in {FLAGS.model_dir}/checkpoints.')
+  run = run_maps(FLAGS.model_dir)
+  snapshots = run.evolution(FLAGS.evolution_images, max_checkpoints=FLAGS.max_checkpoints,
+                            include_init=FLAGS.include_init)
   fig = figures.evolution_figure(snapshots, run.names, dpi=FLAGS.dpi,
                                  title=f'{name_of(FLAGS.model_dir)}: Grad-CAM across training')
   return figures.save_png(fig, os.path.join(out, 'evolution.png'))
@@ -210,8 +138,8 @@ def main(argv):
       path = DRAW[name](out)
     except ValueError as e:
       raise app.UsageError(f'{name}: {e}') from e
-    logging.info('Wrote %s.', path)
-    print(path)
+    # The paths written are the binary's result: printed once each, on stdout (not logged too).
+    print(path, flush=True)
 
 
 def run() -> None:
