@@ -16,6 +16,7 @@ the healthy check and stops ('rollback'), so that what gets exported is the pre-
 """
 
 import dataclasses
+import os
 from typing import Dict, List, Optional, Tuple
 
 import keras
@@ -197,3 +198,28 @@ def held_out(x: np.ndarray, y: np.ndarray, num_examples: int) -> Tuple[np.ndarra
   if not 0 < num_examples <= len(x):
     raise ValueError(f'num_examples must be in [1, {len(x)}], got {num_examples}.')
   return x[-num_examples:], y[-num_examples:]
+
+
+def make_guard(config, arrays, *, mode: str, num_examples: int, every_steps: int, pgd_steps: int,
+               min_pgd_drop: float, batch_size: int, eval_examples: Optional[int]
+               ) -> Optional['OverfitGuard']:
+  """The catastrophic-overfitting guard on the last `num_examples` test images (None when off).
+
+  Args:
+    config: the run, a training.TrainConfig (its eval_eps is the guard's eps).
+    arrays: its in-memory data.Arrays.
+    mode: MODES ('off': no guard).
+    num_examples, every_steps, pgd_steps, min_pgd_drop, batch_size: see OverfitGuard.
+    eval_examples: the closing evaluation's first test examples (None: all), to warn when the
+      guard's images overlap them.
+  """
+  if mode == 'off':
+    return None
+  x_test, y_test = arrays.split('test')
+  x, y = held_out(x_test, y_test, min(num_examples, len(x_test)))
+  if (eval_examples or len(x_test)) + len(x) > len(x_test):
+    logging.warning('The guard\'s held-out examples overlap the closing evaluation\'s.')
+  return OverfitGuard(
+      x, y, eps=config.eval_eps, mode=mode, pgd_steps=pgd_steps, min_pgd_drop=min_pgd_drop,
+      every_steps=every_steps, batch_size=batch_size,
+      checkpoint_dir=os.path.join(config.model_dir, 'checkpoints'))

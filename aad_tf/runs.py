@@ -27,7 +27,7 @@ was resumed with `--noexport` (the export is stale) or exported and then trained
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -35,7 +35,9 @@ from absl import logging
 
 from aad_tf import checkpointing
 from aad_tf import evaluation
+from aad_tf import files
 from aad_tf import models
+from aad_tf import summaries
 from aad_tf import training
 
 SOURCES = ('auto', 'checkpoint', 'keras')
@@ -237,3 +239,42 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
     origin, step = exported, None
   logging.info('Weights of %s: %s (%s).', model_dir, origin, reason)
   return LoadedRun(config, classifier, layer, origin, step)
+
+
+def closing_evaluation(model, config: training.TrainConfig, dataset: tf.data.Dataset,
+                       attacks: Mapping[str, Any], *, train_wall_time: float,
+                       guard=None, writer=None, progress: bool = False
+                       ) -> Tuple[evaluation.Report, str]:
+  """Evaluates the trained classifier at config.eval_eps; writes eval.json and eval/* scalars.
+
+  Args:
+    model: the AADModel training.train returned.
+    config: the run (eval_eps set).
+    dataset: the test batches.
+    attacks: evaluation.standard_attacks(...) of the closing evaluation.
+    train_wall_time: seconds this invocation trained (recorded in eval.json).
+    guard, writer: the run's overfitting.OverfitGuard and summaries.TrainSummaries (or None),
+      whose summaries eval.json holds.
+    progress: show a progress bar per attack.
+
+  Returns:
+    (the report, its Markdown table) for the binary to show.
+  """
+  classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
+  report = evaluation.evaluate(classifier, dataset, attacks, gradcam_layer=layer,
+                               seed=config.seed, progress=progress)
+  table = evaluation.format_table(report, row_name=os.path.basename(config.model_dir.rstrip('/')))
+  path = os.path.join(config.model_dir, 'eval.json')
+  step = int(model.optimizer.iterations.numpy())
+  files.write_json(path, {
+      'dataset': config.dataset, 'model': config.model, 'eps': config.eval_eps,
+      'seed': config.seed, **report.to_json(),
+      # This invocation only (a resumed run counts from its restart), tracing included;
+      # final_step is the optimizer step the model was trained to.
+      'train': {'final_step': step, 'wall_time_s': train_wall_time},
+      'overfit_guard': guard.summary() if guard else None,
+      'aad_diagnostics': writer.aad_summary() if writer else None})
+  logging.info('Wrote the closing evaluation to %s.', path)
+  summaries.write_eval_scalars(summaries.log_dir(config.model_dir), step,
+                               report.to_json()['accuracy'])
+  return report, table

@@ -291,3 +291,32 @@ def write_eval_scalars(log_dir: str, step: int, accuracy: Mapping[str, float]) -
     for name, value in accuracy.items():
       tf.summary.scalar(f'eval/{name}', float(value))
   writer.close()
+
+
+def train_summaries(config, arrays, *, num_images: int, image_every: int,
+                    diagnostic_examples: int) -> 'TrainSummaries':
+  """The TensorBoard callback of a run: scalars, hparams and an activation-map panel.
+
+  Args:
+    config: the run (a training.TrainConfig).
+    arrays: its data (data.Arrays (in memory; for a streamed dataset a sample of it).
+    num_images: held-out test images in the activation-map panel (0: none).
+    image_every: steps between panels.
+    diagnostic_examples: training images of the aad/* diagnostics (0 or no AAD: off).
+  """
+  images = labels = diagnostic_images = diagnostic_labels = None
+  if num_images:
+    x_test, y_test = arrays.split('test')
+    index = figures.pick_examples(y_test, min(num_images, len(y_test)))
+    images, labels = x_test[index], y_test[index]
+  if config.defense.aad and diagnostic_examples:
+    # A fixed batch of training images (the first of the train split), so that successive
+    # points of the aad/* curves differ by the weights only.
+    x_train, y_train = arrays.split('train')
+    diagnostic_images = x_train[:diagnostic_examples]
+    diagnostic_labels = y_train[:diagnostic_examples]
+  return TrainSummaries(
+      log_dir(config.model_dir), scalar_every=config.log_every, images=images,
+      labels=labels, class_names=figures.class_names(config.dataset, config.info.num_classes),
+      image_every=image_every, hparams=config.to_json(),
+      diagnostic_images=diagnostic_images, diagnostic_labels=diagnostic_labels)

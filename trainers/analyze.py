@@ -33,7 +33,6 @@ from aad_tf import analysis
 from aad_tf import data as data_lib
 from aad_tf.data import boxed_mnist
 from aad_tf.data import imagenet_boxes
-from aad_tf import experiment
 from aad_tf import runs
 from trainers import analyze_flags
 from trainers import flagfiles
@@ -141,7 +140,7 @@ def main(argv):
   if FLAGS.model_dir:
     primary = load_run(FLAGS.model_dir)
   else:
-    primary = experiment.load_pretrained(FLAGS.model, FLAGS.pretrained_weights, input_shape,
+    primary = analysis.load_pretrained(FLAGS.model, FLAGS.pretrained_weights, input_shape,
                                          num_classes)
   compared = [load_run(d) for d in FLAGS.compare_model_dirs]
   if dataset == 'imagenet':
@@ -158,7 +157,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 
-  markdown = experiment.write_analysis(result, [primary, *compared], output_dir,
+  markdown = analysis.write_analysis(result, [primary, *compared], output_dir,
                                       settings=settings, class_names=class_names,
                                       attack_rounds=FLAGS.attack_rounds)
   # The tables are the binary's result: printed once, on stdout (the log says where they are

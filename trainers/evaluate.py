@@ -31,7 +31,6 @@ from absl import logging
 from aad_tf import data as data_lib
 from aad_tf import evaluation
 from aad_tf.evaluation import diagnostics as diagnostics_lib
-from aad_tf import experiment
 from aad_tf import runs
 from trainers import common_flags
 from trainers import evaluate_flags
@@ -138,7 +137,7 @@ def main(argv):
 
   row_name = os.path.basename(os.path.normpath(FLAGS.model_dir or FLAGS.saved_model))
   table = evaluation.format_table(report, row_name=row_name)
-  experiment.write_robustness(
+  evaluation.write_robustness(
       FLAGS.output_dir or default_output_dir, report, table, row_name=row_name,
       dataset=dataset_name, model=model_name, source=origin, eps=eps, seed=seed,
       first_example=FLAGS.eval_offset, wall_time=wall_time,

@@ -23,10 +23,12 @@ from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import distribute
 from aad_tf import evaluation
-from aad_tf import experiment
 from aad_tf import export as export_lib
 from aad_tf import model_card
 from aad_tf import models
+from aad_tf import overfitting
+from aad_tf import runs
+from aad_tf import summaries
 from aad_tf import training
 from trainers import common_flags
 from trainers import flagfiles
@@ -46,14 +48,14 @@ def define_flags() -> None:
 
 def summary_callback(config: training.TrainConfig, arrays: data_lib.Arrays):
   """The TensorBoard callback of --summary_images, --summary_every, --aad_diagnostics_examples."""
-  return experiment.summary_callback(
+  return summaries.train_summaries(
       config, arrays, num_images=FLAGS.summary_images, image_every=FLAGS.summary_every,
       diagnostic_examples=FLAGS.aad_diagnostics_examples)
 
 
 def overfit_guard(config: training.TrainConfig, arrays: data_lib.Arrays):
   """The catastrophic-overfitting guard of --overfit_guard (None when off)."""
-  return experiment.overfit_guard(
+  return overfitting.make_guard(
       config, arrays, mode=FLAGS.overfit_guard, num_examples=FLAGS.overfit_guard_examples,
       every_steps=FLAGS.overfit_guard_every, pgd_steps=FLAGS.overfit_guard_pgd_steps,
       min_pgd_drop=FLAGS.overfit_guard_drop, batch_size=FLAGS.eval_batch_size,
@@ -117,7 +119,7 @@ def main(argv):
                           config.model_dir)
   attacks = evaluation.standard_attacks(FLAGS.eval_attacks, eps=config.eval_eps,
                                         seed=config.seed)
-  report, table = experiment.closing_evaluation(
+  report, table = runs.closing_evaluation(
       model, config, source.eval_dataset(batch_size=FLAGS.eval_batch_size,
                                           num_examples=FLAGS.eval_examples), attacks,
       train_wall_time=train_wall_time, guard=guard, writer=writer,

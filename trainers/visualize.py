@@ -25,8 +25,8 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-from aad_tf import experiment
 from aad_tf import figures
+from aad_tf.figures import run_maps
 from trainers import flagfiles
 from trainers import visualize_flags
 
@@ -54,8 +54,8 @@ def name_of(run_dir: str) -> str:
   return os.path.basename(run_dir.rstrip('/'))
 
 
-def run_maps(run_dir: str) -> experiment.RunMaps:
-  return experiment.RunMaps(run_dir, data_dir=FLAGS.data_dir, eps=FLAGS.eps,
+def run_maps(run_dir: str) -> run_maps.RunMaps:
+  return run_maps.RunMaps(run_dir, data_dir=FLAGS.data_dir, eps=FLAGS.eps,
                             num_steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
                             explain=FLAGS.explain)
 

@@ -80,3 +80,5 @@ from aad_tf.analysis.report import to_markdown
 from aad_tf.analysis.report import to_json
 
 from aad_tf.analysis import figures
+from aad_tf.analysis.outputs import load_pretrained
+from aad_tf.analysis.outputs import write_analysis

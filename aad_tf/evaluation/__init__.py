@@ -35,6 +35,8 @@ from aad_tf.evaluation.loop import evaluate
 
 from aad_tf.evaluation.tables import format_table
 from aad_tf.evaluation.tables import format_diagnostics
+from aad_tf.evaluation.reports import versions
+from aad_tf.evaluation.reports import write_robustness
 
 from aad_tf.evaluation import diagnostics
 from aad_tf.evaluation import results
