@@ -26,7 +26,7 @@ from absl import app
 from absl import flags
 
 from aad_tf import figures
-from aad_tf.figures import run_maps
+from aad_tf.figures import run_maps as run_maps_lib
 from trainers import flagfiles
 from trainers import visualize_flags
 
@@ -54,8 +54,8 @@ def name_of(run_dir: str) -> str:
   return os.path.basename(run_dir.rstrip('/'))
 
 
-def run_maps(run_dir: str) -> run_maps.RunMaps:
-  return run_maps.RunMaps(run_dir, data_dir=FLAGS.data_dir, eps=FLAGS.eps,
+def run_maps(run_dir: str) -> run_maps_lib.RunMaps:
+  return run_maps_lib.RunMaps(run_dir, data_dir=FLAGS.data_dir, eps=FLAGS.eps,
                             num_steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
                             explain=FLAGS.explain)
 
