@@ -56,8 +56,8 @@ def name_of(run_dir: str) -> str:
 
 def run_maps(run_dir: str) -> run_maps_lib.RunMaps:
   return run_maps_lib.RunMaps(run_dir, data_dir=FLAGS.data_dir, eps=FLAGS.eps,
-                            num_steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
-                            explain=FLAGS.explain)
+                              num_steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
+                              explain=FLAGS.explain)
 
 
 def draw_attention(out: str) -> str:
