@@ -31,21 +31,26 @@ def _small_model(seed, shape=(32, 32, 1)):
   return models.get_model('lenet', input_shape=shape, num_classes=10)
 
 
-def test_tool_end_to_end(tmp_path, shared_data_dir):
-  pytest.importorskip('lime')
+def _two_runs(tmp_path):
+  """Two boxed_mnist run directories as trainers.main leaves them: 'raw' restored from its
+  checkpoint (step 7), 'other' with only its export."""
   shape = data_lib.get_info('boxed_mnist').image_shape
-  # A run directory as trainers.main leaves it, restored from its checkpoint ...
   run = tmp_path / 'raw'
   (run / 'checkpoints').mkdir(parents=True)
   config = training.TrainConfig(model_dir=str(run), dataset='boxed_mnist', model='lenet')
   files.write_json(str(run / 'config.json'), config.to_json())
   checkpoint = tf.train.Checkpoint(model=_small_model(0, shape))
   tf.train.CheckpointManager(checkpoint, str(run / 'checkpoints'), 1).save(checkpoint_number=7)
-  # ... and one with only its export.
   other = tmp_path / 'other'
   (other / 'export').mkdir(parents=True)
   (other / 'config.json').write_text((run / 'config.json').read_text())
   _small_model(1, shape).save(str(other / 'export' / 'model.keras'))
+  return run, other
+
+
+def test_tool_end_to_end(tmp_path, shared_data_dir):
+  pytest.importorskip('lime')
+  run, other = _two_runs(tmp_path)
   out = tmp_path / 'out'
   command = [sys.executable, '-m', 'trainers.analyze', f'--model_dir={run}',
              f'--compare_model_dirs={other}', f'--data_dir={shared_data_dir}',
@@ -88,17 +93,7 @@ def test_tool_on_a_run_without_boxes_says_it_needs_boxed_data(tmp_path):
 
 def test_tool_end_to_end_without_lime(tmp_path, shared_data_dir):
   """trainers.analyze on a checkpointed run and an exported one, LIME off (runs without lime)."""
-  shape = data_lib.get_info('boxed_mnist').image_shape
-  run = tmp_path / 'raw'
-  (run / 'checkpoints').mkdir(parents=True)
-  config = training.TrainConfig(model_dir=str(run), dataset='boxed_mnist', model='lenet')
-  files.write_json(str(run / 'config.json'), config.to_json())
-  checkpoint = tf.train.Checkpoint(model=_small_model(0, shape))
-  tf.train.CheckpointManager(checkpoint, str(run / 'checkpoints'), 1).save(checkpoint_number=7)
-  other = tmp_path / 'other'
-  (other / 'export').mkdir(parents=True)
-  (other / 'config.json').write_text((run / 'config.json').read_text())
-  _small_model(1, shape).save(str(other / 'export' / 'model.keras'))
+  run, other = _two_runs(tmp_path)
   command = [sys.executable, '-m', 'trainers.analyze', f'--model_dir={run}',
              f'--compare_model_dirs={other}', f'--data_dir={shared_data_dir}',
              '--num_examples=20', '--batch_size=20', '--lime_features=', '--attack_rounds=2',
