@@ -1,5 +1,5 @@
 """Tests for aad_tf.attacks.attention: A^3's invariants, its base attack at sigma 0, the distance
-against NumPy (the adaptive attack is tested with the evaluation suite, test_evaluation_suite.py)."""
+against NumPy (the adaptive attack is tested with the suite, test_evaluation_suite.py)."""
 
 import numpy as np
 import pytest
