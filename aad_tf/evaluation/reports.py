@@ -1,4 +1,4 @@
-"""The robustness report of trainers.evaluate: robustness.json (report, settings, versions) and .md."""
+"""trainers.evaluate's report: robustness.json (report, settings, versions) and robustness.md."""
 
 import os
 import platform

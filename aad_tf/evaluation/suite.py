@@ -21,8 +21,8 @@ Attacks by name (lower-case paper headers; `ALL_ATTACKS` is the full suite):
   fab_t                     targeted FAB (Croce & Hein 2020), 100 iterations towards each of
                             `apgd_target_classes` classes (AutoAttack's FAB-T; optional).
   autoattack                AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square with
-                            5000 queries, each on the examples still robust; `aad_tf.attacks.autoattack`),
-                            its fixed budgets whatever the settings; optional.
+                            5000 queries, each on the examples still robust;
+                            `aad_tf.attacks.autoattack`), its fixed budgets whatever the settings; optional.
   square                    gradient-free Square Attack (Andriushchenko et al. 2020),
                             `square_queries` queries.
   adaptive                  misclassify while keeping Grad-CAM close to the clean map
