@@ -50,7 +50,8 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
   """The authors' APGD-CE loop (autopgd_base.attack_single_run, L-inf) for logits = x W + b.
 
   Written from the paper / reference code with a loss history, independently of aad_tf.attacks.apgd.
-  x: [B, d] float64. Returns the adversarial points [B, d].
+  x: [B, d] float64. Returns (the authors' points [B, d]: the last misclassified iterate, else
+  the best-loss one; the first misclassified iterate [B, d], x_start where none was; fooled [B]).
   """
   def loss_grad(z):
     logits = z @ w + b
@@ -68,6 +69,7 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
   loss, grad, pred = loss_grad(x_adv)
   acc = pred == y
   x_best_adv, x_best, grad_best, loss_best = x_adv.copy(), x_adv.copy(), grad.copy(), loss.copy()
+  x_first_adv = x_adv.copy()
   loss_steps = np.zeros([n_iter + 1, len(x)])
   loss_steps[0] = loss  # the starting loss is the first entry of the history
   x_adv_old = x_adv.copy()
@@ -83,6 +85,7 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
     loss, grad, pred = loss_grad(x_adv)
     wrong = pred != y
     x_best_adv[wrong] = x_adv[wrong]
+    x_first_adv[wrong & acc] = x_adv[wrong & acc]
     acc &= ~wrong
     loss_steps[i + 1] = loss
     better = loss > loss_best
@@ -96,7 +99,7 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
       step[reduce] /= 2.0
       x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
       k, counter3 = max(k - size_decr, n_iter_min), 0
-  return np.where(acc[:, None], x_best, x_best_adv)
+  return np.where(acc[:, None], x_best, x_best_adv), x_first_adv, ~acc
 
 
 def test_apgd_matches_the_reference_loop_on_a_linear_model():
@@ -110,11 +113,19 @@ def test_apgd_matches_the_reference_loop_on_a_linear_model():
   model_fn = lambda images: tf.reshape(images, [-1, dim]) @ w + b
   reshape = lambda a: tf.constant(a.reshape([batch, 1, dim, 1]))
   x_adv, fooled, _ = apgd.apgd_run(
-      lambda logits: attacks.cross_entropy(logits, tf.constant(y, tf.int32)), model_fn,
+      lambda logits, rows: attacks.cross_entropy(logits, tf.gather(tf.constant(y, tf.int32),
+                                                                   rows)), model_fn,
       reshape(x), tf.constant(y, tf.int32), reshape(start), eps=eps, num_steps=n_iter)
-  want = reference_apgd(w, b, x, y, start, eps, n_iter)
-  np.testing.assert_allclose(x_adv.numpy().reshape([batch, dim]), want, atol=1e-9)
-  assert 0 < fooled.numpy().mean() < 1  # the test exercises both outcomes
+  authors, first_adv, want_fooled = reference_apgd(w, b, x, y, start, eps, n_iter)
+  fooled = fooled.numpy()
+  np.testing.assert_array_equal(fooled, want_fooled)
+  assert 0 < fooled.mean() < 1  # the test exercises both outcomes
+  x_adv = x_adv.numpy().reshape([batch, dim])
+  # Robust examples: the authors' best-loss point. Fooled ones left the loop when first
+  # misclassified and return that iterate (the authors' code goes on and returns the last).
+  np.testing.assert_allclose(x_adv[~fooled], authors[~fooled], atol=1e-9)
+  np.testing.assert_allclose(x_adv[fooled], first_adv[fooled], atol=1e-9)
+  assert np.abs(first_adv - authors)[fooled].max() > 1e-3  # the two rules differ here
 
 
 @pytest.fixture(scope='module')

@@ -20,13 +20,18 @@ Losses (per example, ascended):
          each of the `num_target_classes` classes ranked highest after y on the clean input,
          each run only on the examples still correctly classified (AutoAttack's APGD-T).
 
-The returned image is, per example, the last misclassified iterate if any was found, else the
-iterate of highest loss. Everything is one `tf.while_loop`, so a call traces once inside a
-`tf.function` whatever the number of iterations.
+The returned image is, per example, the first misclassified iterate if any was found, else the
+iterate of highest loss. An example leaves the loop once misclassified: later iterations run
+the model only on the examples still classified correctly (the authors' code attacks every
+example for all iterations and returns the last misclassified iterate; which examples are
+fooled is the same, since each example's step sizes and checkpoints are its own). Everything is
+one `tf.while_loop`, so a call traces once inside a `tf.function` whatever the number of
+iterations.
 """
 
 import tensorflow as tf
 
+from aad_tf.attacks import conv_gradient
 from aad_tf.attacks import core
 
 MOMENTUM = 0.75  # alpha of the momentum update (paper Sec. 3.1)
@@ -120,31 +125,36 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
   """One APGD run from `x_start` (no restarts); the building block of `apgd`.
 
   Args:
-    loss_fn: logits [B, K] -> per-example loss [B] to ascend.
+    loss_fn: (logits [n, K], rows int [n]) -> per-example loss [n] to ascend, where `rows` are
+      the positions in the batch of the n examples the logits belong to (the loop runs the
+      model only on the examples not yet misclassified).
     model_fn: x -> logits.
     x, y: clean images [B, H, W, C] and int labels [B].
     x_start: the starting point [B, H, W, C], inside the ball.
     eps, num_steps: as for `apgd`.
 
   Returns:
-    (x_out [B, H, W, C], fooled bool [B], best loss [B]).
+    (x_out [B, H, W, C], fooled bool [B], best loss [B]): per example the first misclassified
+    iterate, else the iterate of highest loss; the best loss stops at the first misclassified
+    iterate.
   """
   eps = core.check_eps(eps)
   first, decay, minimum = _intervals(num_steps)
 
-  def value_and_grad(x_adv):
+  def value_and_grad(x_adv, rows):
     with tf.GradientTape() as tape:
       tape.watch(x_adv)
       logits = model_fn(x_adv)
-      loss = loss_fn(logits)
+      loss = loss_fn(logits, rows)
       total = tf.reduce_sum(loss)
-    grad = tape.gradient(total, x_adv)
+    with conv_gradient.fast_input_gradients():
+      grad = tape.gradient(total, x_adv)
     grad = tf.zeros_like(x_adv) if grad is None else grad
-    fooled = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+    fooled = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.gather(y, rows))
     return loss, grad, fooled
 
-  loss, grad, fooled = value_and_grad(x_start)
   batch = tf.shape(x)[0]
+  loss, grad, fooled = value_and_grad(x_start, tf.range(batch))
   state = dict(
       i=tf.constant(0),
       x_adv=x_start, x_prev=x_start, grad=grad,
@@ -163,7 +173,14 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
     z = core.project(s['x_adv'] + _expand(s['step']) * tf.sign(s['grad']), x, eps)
     x_new = core.project(s['x_adv'] + a * (z - s['x_adv']) + (1.0 - a) * momentum_dir,
                                 x, eps)
-    loss, grad, fooled_now = value_and_grad(x_new)
+    # The model runs on the examples still classified correctly; a fooled example keeps its
+    # loss and gradient, and only its x_best_adv (set when it was fooled) is read later.
+    rows = tf.where(tf.logical_not(s['fooled']))[:, 0]
+    loss_rows, grad_rows, fooled_rows = value_and_grad(tf.gather(x_new, rows), rows)
+    at_rows = rows[:, None]
+    loss = tf.tensor_scatter_nd_update(s['loss_prev'], at_rows, loss_rows)
+    grad = tf.tensor_scatter_nd_update(s['grad'], at_rows, grad_rows)
+    fooled_now = tf.tensor_scatter_nd_update(tf.zeros_like(s['fooled']), at_rows, fooled_rows)
     x_best_adv = tf.where(_expand(fooled_now), x_new, s['x_best_adv'])
     fooled = tf.logical_or(s['fooled'], fooled_now)
     increases = s['increases'] + tf.cast(loss > s['loss_prev'], tf.float32)
@@ -192,7 +209,10 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
         loss_best_last_check=tf.where(at_check, loss_best, s['loss_best_last_check']),
         reduced_last_check=tf.where(at_check, reduce, s['reduced_last_check'])),)
 
-  state = tf.while_loop(lambda s: s['i'] < num_steps, body, (state,))[0]
+  def cond(s):
+    return tf.logical_and(s['i'] < num_steps, tf.logical_not(tf.reduce_all(s['fooled'])))
+
+  state = tf.while_loop(cond, body, (state,))[0]
   x_out = tf.where(_expand(state['fooled']), state['x_best_adv'], state['x_best'])
   return x_out, state['fooled'], state['loss_best']
 
@@ -244,9 +264,9 @@ def apgd(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
   y = tf.cast(y, tf.int32)
   base_seed = default_seed(seed)
   if loss == 'ce':
-    loss_fn = lambda logits: core.cross_entropy(logits, y)
+    loss_fn = lambda logits, rows: core.cross_entropy(logits, tf.gather(y, rows))
   else:
-    loss_fn = lambda logits: dlr_loss(logits, y)
+    loss_fn = lambda logits, rows: dlr_loss(logits, tf.gather(y, rows))
 
   def run(r):
     start = _random_start(x, eps, tf.random.experimental.stateless_fold_in(base_seed, r))
@@ -329,7 +349,8 @@ def apgd_targeted(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 
 
   def run(j, index, xs, ys):
     targets = tf.cast(tf.gather(ranking[:, j + 1], index), tf.int32)
-    loss_fn = lambda logits: dlr_targeted_loss(logits, ys, targets)
+    loss_fn = lambda logits, rows: dlr_targeted_loss(logits, tf.gather(ys, rows),
+                                                     tf.gather(targets, rows))
     start = _random_start(xs, eps, tf.random.experimental.stateless_fold_in(base_seed, j))
     x_adv, _, _ = apgd_run(loss_fn, model_fn, xs, ys, start, eps=eps, num_steps=num_steps)
     return x_adv

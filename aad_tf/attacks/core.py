@@ -11,6 +11,7 @@ from typing import Callable
 import tensorflow as tf
 
 from aad_tf import gradcam as gradcam_lib
+from aad_tf.attacks import conv_gradient
 
 ModelFn = Callable[[tf.Tensor], tf.Tensor]
 Objective = Callable[[tf.Tensor], tf.Tensor]  # x_adv [B,H,W,C] -> per-example value [B] to ascend
@@ -63,7 +64,8 @@ def input_gradient(objective: Objective, x: tf.Tensor) -> tf.Tensor:
   with tf.GradientTape() as tape:
     tape.watch(x)
     value = tf.reduce_sum(objective(x))
-  grad = tape.gradient(value, x)
+  with conv_gradient.fast_input_gradients():
+    grad = tape.gradient(value, x)
   return tf.zeros_like(x) if grad is None else grad
 
 
