@@ -56,3 +56,27 @@ def test_autoattack_vs_art_comparison_counts_disagreements():
   cmp = autoattack_vs_art.compare(ours, art)
   assert cmp == {'difference_points': pytest.approx(20.0), 'robust_only_ours': 2,
                  'robust_only_art': 1, 'speedup_wall': 4.0, 'speedup_cpu': 4.0}
+
+
+def test_autoattack_stage_times_run_the_stages_of_the_one_graph(shared_data_dir):
+  """--stage_times reruns our AutoAttack as four calls: the same subsets and seeds, so the same
+  accuracy after each stage as autoattack_stages reports."""
+  import eval_models  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from aad_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  from benchmarks import autoattack_vs_art  # pylint: disable=g-import-not-at-top
+  model = eval_models.adversarial_model(shared_data_dir)
+  x, y = eval_models.first_test_examples(shared_data_dir, 40)
+  budgets = dict(eps=0.15, num_steps=5, square_queries=30)
+  _, robust = autoattack.autoattack_stages(lambda images: model(images, training=False),
+                                           tf.constant(x), tf.constant(y),
+                                           seed=tf.constant([3, 0]), **budgets)
+  stages = autoattack_vs_art.run_stages(model, x, y, seed=3, **budgets)
+  assert list(stages) == list(autoattack.STAGES)
+  after = [stages[name]['accuracy_after'] for name in autoattack.STAGES]
+  assert after == pytest.approx([float(robust[name].numpy().mean())
+                                 for name in autoattack.STAGES])
+  assert after[-1] < float(robust['clean'].numpy().mean())  # the attacks did something
+  assert [stages[name]['examples'] for name in autoattack.STAGES] == [
+      int(robust[name].numpy().sum()) for name in ('clean', *autoattack.STAGES[:-1])]
+  assert all(t['cpu_s'] > 0 for t in stages.values())

@@ -14,6 +14,7 @@ Modules (each imports only `core` and its siblings below it):
   fab         FAB-T, minimal-perturbation boundary attack (Croce & Hein 2020)
   square      Square Attack, gradient-free (Andriushchenko et al. 2020)
   autoattack  AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square), one graph
+  conv_gradient  a faster input gradient of one-channel convolutions, used by the tapes above
 
 The names below are the package's interface (`attacks.pgd(...)`); APGD, FAB, Square and
 AutoAttack are used through their modules (`attacks.apgd.apgd(...)`,

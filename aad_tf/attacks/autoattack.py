@@ -43,6 +43,25 @@ def standard_params() -> dict[str, object]:
           'square': {'num_queries': SQUARE_QUERIES, 'p_init': SQUARE_P_INIT, 'num_restarts': 1}}
 
 
+def stage_attacks(model_fn: core.ModelFn, *, eps: float, num_steps: int = NUM_STEPS,
+                  num_target_classes: int = NUM_TARGET_CLASSES,
+                  square_queries: int = SQUARE_QUERIES) -> dict[str, object]:
+  """The four attacks of the standard version by name: (x, y, stateless seed) -> x_adv."""
+  return {
+      'apgd_ce': lambda xs, ys, s: apgd_lib.apgd(
+          model_fn, xs, ys, eps=eps, num_steps=num_steps, loss='ce', seed=s),
+      'apgd_t': lambda xs, ys, s: apgd_lib.apgd_targeted(
+          model_fn, xs, ys, eps=eps, num_steps=num_steps,
+          num_target_classes=num_target_classes, seed=s),
+      'fab_t': lambda xs, ys, s: fab_lib.fab_targeted(
+          model_fn, xs, ys, eps=eps, num_steps=num_steps,
+          num_target_classes=num_target_classes),
+      'square': lambda xs, ys, s: square_lib.square_linf(
+          model_fn, xs, ys, eps=eps, num_queries=square_queries, p_init=SQUARE_P_INIT,
+          seed=s),
+  }
+
+
 def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
                       seed: tf.Tensor | None = None, num_steps: int = NUM_STEPS,
                       num_target_classes: int = NUM_TARGET_CLASSES,
@@ -72,19 +91,8 @@ def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
   def predict(images):
     return tf.argmax(model_fn(images), axis=-1, output_type=tf.int32)
 
-  attacks = {
-      'apgd_ce': lambda xs, ys, s: apgd_lib.apgd(
-          model_fn, xs, ys, eps=eps, num_steps=num_steps, loss='ce', seed=s),
-      'apgd_t': lambda xs, ys, s: apgd_lib.apgd_targeted(
-          model_fn, xs, ys, eps=eps, num_steps=num_steps,
-          num_target_classes=num_target_classes, seed=s),
-      'fab_t': lambda xs, ys, s: fab_lib.fab_targeted(
-          model_fn, xs, ys, eps=eps, num_steps=num_steps,
-          num_target_classes=num_target_classes),
-      'square': lambda xs, ys, s: square_lib.square_linf(
-          model_fn, xs, ys, eps=eps, num_queries=square_queries, p_init=SQUARE_P_INIT,
-          seed=s),
-  }
+  attacks = stage_attacks(model_fn, eps=eps, num_steps=num_steps,
+                          num_target_classes=num_target_classes, square_queries=square_queries)
   robust = tf.equal(predict(x), y)
   by_stage = {'clean': robust}
   x_adv = x
