@@ -80,3 +80,26 @@ def test_autoattack_stage_times_run_the_stages_of_the_one_graph(shared_data_dir)
   assert [stages[name]['examples'] for name in autoattack.STAGES] == [
       int(robust[name].numpy().sum()) for name in ('clean', *autoattack.STAGES[:-1])]
   assert all(t['cpu_s'] > 0 for t in stages.values())
+
+
+def test_autoattack_vs_art_report_states_threads_ratios_and_stage_times():
+  from benchmarks import autoattack_vs_art  # pylint: disable=g-import-not-at-top
+  stages = ('clean', 'apgd_ce', 'apgd_t', 'fab_t', 'square')
+  ours = {'robust_accuracy': 0.4, 'wall_s': 100.0, 'cpu_s': 90.0, 'max_linf': 0.3,
+          'accuracy_after': dict(zip(stages, (0.97, 0.5, 0.42, 0.41, 0.4))),
+          'robust': np.array([1, 0], bool)}
+  art = {'robust_accuracy': 0.41, 'wall_s': 320.0, 'cpu_s': 300.0, 'max_linf': 0.3,
+         'version': '1.20.1', 'robust': np.array([1, 1], bool)}
+  result = {'num_examples': 2, 'eps': 0.3, 'model': 'm.keras', 'seed': 0, 'command': 'cmd',
+            'threads': {'intra_op': 1, 'inter_op': 1}, 'ours': ours, 'art': art,
+            'comparison': autoattack_vs_art.compare(ours, art),
+            'stages': {'apgd_ce': {'examples': 485, 'cpu_s': 9.1, 'wall_s': 9.2,
+                                   'accuracy_after': 0.51}}}
+  text = autoattack_vs_art.to_markdown(result)
+  assert 'TensorFlow threads: 1 intra-op, 1 inter-op.' in text
+  assert '3.20x wall time, 3.33x CPU time' in text
+  assert '| apgd_ce | 485 | 9.1 | 9.2 | 51.0 |' in text
+  result['threads'] = {'intra_op': 0, 'inter_op': 0}
+  del result['stages']
+  text = autoattack_vs_art.to_markdown(result)
+  assert 'TensorFlow threads: default (all cores).' in text and '--stage_times' not in text
