@@ -35,8 +35,8 @@ setuptools.setup(
     ],
     extras_require={
         # Every module the tests import (tests/test_analysis_*.py's LIME tests skip without the
-        # analysis extra).
-        'test': ['pytest>=8,<10', 'pillow>=10,<14'],
+        # analysis extra); pytest-xdist runs the suite on two processes (README, .ci/run).
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.6,<4', 'pillow>=10,<14'],
         'analysis': ['lime>=0.2.0.1,<0.3', 'scikit-image>=0.22,<0.27'],
         # Peer libraries for cross-checks only (benchmarks/autoattack_vs_art.py and the slow
         # test in tests/test_attacks_autoattack.py); ART's AutoAttack imports multiprocess, which ART
