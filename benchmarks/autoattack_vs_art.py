@@ -155,6 +155,20 @@ def compare(ours, theirs):
           'speedup_cpu': theirs['cpu_s'] / ours['cpu_s']}
 
 
+def thread_settings() -> dict[str, int]:
+  """TensorFlow's intra- and inter-op thread counts, 0 = its default (all cores).
+
+  Set through tf.config or through TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, which the
+  runtime reads but tf.config's getters do not report.
+  """
+  def setting(getter, variable):
+    return getter() or int(os.environ.get(variable, '0') or 0)
+  return {'intra_op': setting(tf.config.threading.get_intra_op_parallelism_threads,
+                              'TF_NUM_INTRAOP_THREADS'),
+          'inter_op': setting(tf.config.threading.get_inter_op_parallelism_threads,
+                              'TF_NUM_INTEROP_THREADS')}
+
+
 def threads(setting) -> str:
   """'1 intra-op, 1 inter-op' or 'default (all cores)' from the JSON's thread counts."""
   intra, inter = setting['intra_op'], setting['inter_op']
@@ -242,8 +256,7 @@ def main(argv):
                                             == y)),
             'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
                          'keras': keras.__version__, 'numpy': np.__version__},
-            'threads': {'intra_op': tf.config.threading.get_intra_op_parallelism_threads(),
-                        'inter_op': tf.config.threading.get_inter_op_parallelism_threads()},
+            'threads': thread_settings(),
             'load_average_start': list(os.getloadavg())}
   ours = run_ours(classifier, x, y, **budgets)
   result['ours'] = ours

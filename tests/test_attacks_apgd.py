@@ -51,7 +51,8 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
 
   Written from the paper / reference code with a loss history, independently of aad_tf.attacks.apgd.
   x: [B, d] float64. Returns (the authors' points [B, d]: the last misclassified iterate, else
-  the best-loss one; the first misclassified iterate [B, d], x_start where none was; fooled [B]).
+  the best-loss one; the first misclassified iterate [B, d], x_start where none was; fooled [B];
+  how many examples were not yet misclassified at the start of each iteration).
   """
   def loss_grad(z):
     logits = z @ w + b
@@ -70,12 +71,14 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
   acc = pred == y
   x_best_adv, x_best, grad_best, loss_best = x_adv.copy(), x_adv.copy(), grad.copy(), loss.copy()
   x_first_adv = x_adv.copy()
+  attacked = []  # examples not yet misclassified at the start of each iteration
   loss_steps = np.zeros([n_iter + 1, len(x)])
   loss_steps[0] = loss  # the starting loss is the first entry of the history
   x_adv_old = x_adv.copy()
   k, counter3 = n_iter_2, 0
   loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(len(x), bool)
   for i in range(n_iter):
+    attacked.append(int(acc.sum()))
     grad2 = x_adv - x_adv_old
     x_adv_old = x_adv.copy()
     a = 0.75 if i > 0 else 1.0
@@ -99,7 +102,7 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
       step[reduce] /= 2.0
       x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
       k, counter3 = max(k - size_decr, n_iter_min), 0
-  return np.where(acc[:, None], x_best, x_best_adv), x_first_adv, ~acc
+  return np.where(acc[:, None], x_best, x_best_adv), x_first_adv, ~acc, attacked
 
 
 def test_apgd_matches_the_reference_loop_on_a_linear_model():
@@ -110,13 +113,21 @@ def test_apgd_matches_the_reference_loop_on_a_linear_model():
   x = rng.uniform(size=[batch, dim])
   y = (x @ w + b).argmax(1)  # correctly classified at the start
   start = np.clip(x + rng.uniform(-eps, eps, size=x.shape), 0, 1)
-  model_fn = lambda images: tf.reshape(images, [-1, dim]) @ w + b
+  rows_per_call = []  # eager: one entry per model pass
+
+  def model_fn(images):
+    rows_per_call.append(int(images.shape[0]))
+    return tf.reshape(images, [-1, dim]) @ w + b
+
   reshape = lambda a: tf.constant(a.reshape([batch, 1, dim, 1]))
   x_adv, fooled, _ = apgd.apgd_run(
       lambda logits, rows: attacks.cross_entropy(logits, tf.gather(tf.constant(y, tf.int32),
                                                                    rows)), model_fn,
       reshape(x), tf.constant(y, tf.int32), reshape(start), eps=eps, num_steps=n_iter)
-  authors, first_adv, want_fooled = reference_apgd(w, b, x, y, start, eps, n_iter)
+  authors, first_adv, want_fooled, attacked = reference_apgd(w, b, x, y, start, eps, n_iter)
+  # The model runs on the whole batch once, then only on the examples not yet misclassified.
+  assert len(rows_per_call) == n_iter + 1 and rows_per_call == [batch] + attacked
+  assert sum(rows_per_call) < batch * (n_iter + 1)
   fooled = fooled.numpy()
   np.testing.assert_array_equal(fooled, want_fooled)
   assert 0 < fooled.mean() < 1  # the test exercises both outcomes

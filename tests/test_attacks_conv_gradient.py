@@ -35,16 +35,19 @@ def traced_ops(fn, x, kernel, fast):
   return {op.type for op in graph.get_operations()}
 
 
-CASES = [  # (kernel size, padding, image size)
-    (5, 'SAME', 28), (4, 'SAME', 9), (3, 'VALID', 10), (1, 'SAME', 6), (2, 'VALID', 7)]
+CASES = [  # (kernel height, kernel width, padding, image size)
+    (5, 5, 'SAME', 28), (3, 3, 'SAME', 10), (4, 5, 'SAME', 9), (3, 4, 'VALID', 10),
+    (1, 1, 'SAME', 6), (2, 3, 'VALID', 7), (5, 5, 'VALID', 12)]
+
+NO_GPU = pytest.mark.skipif(bool(tf.config.list_logical_devices('GPU')),
+                            reason='the context changes nothing where a GPU is visible')
 
 
-@pytest.mark.parametrize('size,padding,image', CASES)
-def test_input_and_filter_gradients_equal_tensorflows(size, padding, image):
-  rng = np.random.default_rng(size)
+@pytest.mark.parametrize('height,width,padding,image', CASES)
+def test_input_and_filter_gradients_equal_tensorflows(height, width, padding, image):
+  rng = np.random.default_rng(height * 10 + width)
   x = tf.constant(rng.uniform(size=[3, image, image + 1, 1]), tf.float32)
-  kernel = tf.constant(rng.normal(size=[size, size + 1 if size > 1 else 1, 1, 7]) * 0.3,
-                       tf.float32)
+  kernel = tf.constant(rng.normal(size=[height, width, 1, 7]) * 0.3, tf.float32)
   fn = conv_net(kernel, padding)
   want_x, want_k = gradients(fn, x, kernel)
   with conv_gradient.fast_input_gradients():
@@ -63,6 +66,7 @@ def test_input_and_filter_gradients_equal_tensorflows(size, padding, image):
                              atol=1e-5)
 
 
+@NO_GPU
 def test_the_depthwise_gradient_is_used_only_inside_the_context_and_only_where_it_applies():
   x = tf.random.uniform([2, 12, 12, 1])
   one_channel = conv_net(tf.random.normal([5, 5, 1, 8]), 'SAME')
@@ -77,8 +81,28 @@ def test_the_depthwise_gradient_is_used_only_inside_the_context_and_only_where_i
   x3 = tf.random.uniform([2, 12, 12, 3])
   rgb = traced_ops(conv_net(tf.random.normal([3, 3, 3, 4]), 'SAME'), x3, None, fast=True)
   assert 'Conv2DBackpropInput' in rgb and 'DepthwiseConv2dNative' not in rgb
+  # Dilated, or explicit padding: TensorFlow's gradient.
+  kernel = tf.random.normal([3, 3, 1, 4])
+  dilated = traced_ops(lambda z: tf.reduce_sum(tf.nn.conv2d(z, kernel, 1, 'SAME', dilations=2)),
+                       x, None, fast=True)
+  explicit = traced_ops(lambda z: tf.reduce_sum(tf.nn.conv2d(
+      z, kernel, 1, [[0, 0], [1, 2], [2, 1], [0, 0]])), x, None, fast=True)
+  for ops in (dilated, explicit):
+    assert 'Conv2DBackpropInput' in ops and 'DepthwiseConv2dNative' not in ops
 
 
+@NO_GPU
+def test_the_environment_switch_turns_it_off(monkeypatch):
+  x = tf.random.uniform([2, 12, 12, 1])
+  fn = conv_net(tf.random.normal([5, 5, 1, 8]), 'SAME')
+  monkeypatch.setenv('AAD_TF_FAST_CONV_GRADIENT', '0')
+  off = traced_ops(fn, x, None, fast=True)
+  assert 'Conv2DBackpropInput' in off and 'DepthwiseConv2dNative' not in off
+  monkeypatch.setenv('AAD_TF_FAST_CONV_GRADIENT', '1')
+  assert 'DepthwiseConv2dNative' in traced_ops(fn, x, None, fast=True)
+
+
+@NO_GPU
 def test_the_registry_is_restored_after_nesting_and_errors():
   original = tf_ops._gradient_registry.lookup('Conv2D')
   with conv_gradient.fast_input_gradients():

@@ -43,6 +43,22 @@ def test_project_linf_is_the_minimal_step_onto_the_hyperplane_in_the_box():
   assert np.all(d[w == 0] == 0)
 
 
+def test_project_linf_in_float32_and_on_the_hyperplane():
+  """float32 rows agree with the float64 solution; a point on the hyperplane does not move."""
+  rng = np.random.default_rng(3)
+  n, dim = 64, 784
+  t = rng.uniform(size=[n, dim])
+  w = rng.normal(size=[n, dim])
+  b = np.sum(w * t, 1) + rng.normal(size=[n]) * 3.0
+  b[:8] = np.sum(w * t, 1)[:8]  # residual 0
+  want = fab.project_linf(tf.constant(t), tf.constant(w), tf.constant(b)).numpy()
+  got = fab.project_linf(tf.constant(t, tf.float32), tf.constant(w, tf.float32),
+                         tf.constant(b, tf.float32)).numpy()
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(want[:8], 0.0, atol=1e-12)
+  assert np.abs(want[8:]).max() > 0.01
+
+
 def linear_model(w, b):
   dim = w.shape[0]
   return lambda images: tf.cast(tf.reshape(images, [-1, dim]), tf.float64) @ w + b

@@ -5,7 +5,9 @@ attacks take a `feature_fn` (x -> (features, logits)) instead. Every attack retu
 `stop_gradient` images inside the eps ball around x and inside [0, 1]; loops are
 `tf.while_loop`s, so an attack traces once inside a `tf.function` whatever its step count.
 
-Modules (each imports only `core` and its siblings below it):
+Modules (each imports only `core` and its siblings below it; `core` imports `conv_gradient`):
+  conv_gradient  a faster input gradient of one-channel convolutions, taken by the tapes of
+              `core.input_gradient`, APGD and FAB (module docstring)
   core        checks, `project`, `random_start`, objectives (CE, CW margin), `iterate`
   gradient    FGSM, StepLL, Iter-StepLL, PGD (restarts), CW-L-inf
   attention   A^3 (paper Sec. 4.3) and the adaptive attack on attention-based defenses
@@ -14,7 +16,6 @@ Modules (each imports only `core` and its siblings below it):
   fab         FAB-T, minimal-perturbation boundary attack (Croce & Hein 2020)
   square      Square Attack, gradient-free (Andriushchenko et al. 2020)
   autoattack  AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square), one graph
-  conv_gradient  a faster input gradient of one-channel convolutions, used by the tapes above
 
 The names below are the package's interface (`attacks.pgd(...)`); APGD, FAB, Square and
 AutoAttack are used through their modules (`attacks.apgd.apgd(...)`,

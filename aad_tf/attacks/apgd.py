@@ -24,9 +24,11 @@ The returned image is, per example, the first misclassified iterate if any was f
 iterate of highest loss. An example leaves the loop once misclassified: later iterations run
 the model only on the examples still classified correctly (the authors' code attacks every
 example for all iterations and returns the last misclassified iterate; which examples are
-fooled is the same, since each example's step sizes and checkpoints are its own). Everything is
-one `tf.while_loop`, so a call traces once inside a `tf.function` whatever the number of
-iterations.
+fooled is the same, since each example's step sizes and checkpoints are its own, up to float
+rounding where a kernel's result depends on the batch size). So `model_fn` is called on
+sub-batches and must treat examples independently (inference mode: no batch statistics).
+Everything is one `tf.while_loop`, so a call traces once inside a `tf.function` whatever the
+number of iterations.
 """
 
 import tensorflow as tf
@@ -154,7 +156,7 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
     return loss, grad, fooled
 
   batch = tf.shape(x)[0]
-  loss, grad, fooled = value_and_grad(x_start, tf.range(batch))
+  loss, grad, fooled = value_and_grad(x_start, tf.range(batch, dtype=tf.int64))
   state = dict(
       i=tf.constant(0),
       x_adv=x_start, x_prev=x_start, grad=grad,

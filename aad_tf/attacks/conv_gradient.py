@@ -1,11 +1,11 @@
-"""A faster input gradient through convolutions of one-channel images, for the attacks on CPU.
+"""A faster input gradient through convolutions of one-channel images, for attacks on the CPU.
 
 Every gradient attack spends most of its time in `d loss / d x`. For a model whose first
 convolution reads a one-channel (grayscale) image, as every MNIST model does, TensorFlow's CPU
 kernel for that convolution's input gradient (`Conv2DBackpropInput` with one input channel,
 oneDNN) is slow: on the MNIST LeNet it takes longer than the input gradient of the 25x larger
-second convolution, a quarter of the whole gradient pass (benchmarks/autoattack_vs_art.py
-measures the effect on AutoAttack).
+second convolution, a quarter of the whole gradient pass (benchmarks/conv_gradient.py measures it
+on and off in one run).
 
 The input gradient of a stride-1 convolution is the convolution of the output gradient with the
 spatially flipped kernel; with one input channel that is a depthwise convolution (one filter per
@@ -13,16 +13,25 @@ output channel) summed over the output channels, which TensorFlow runs 2-3x fast
 `fast_input_gradients()`, tape gradients of `Conv2D` ops compute exactly that for NHWC, stride 1,
 dilation 1, SAME or VALID padding, one input channel; every other convolution, and every filter
 gradient, is TensorFlow's own `Conv2D` gradient. The two agree to float rounding
-(tests/test_attacks_conv_gradient.py).
+(tests/test_attacks_conv_gradient.py), so results change only at that level.
 
-TensorFlow looks gradient functions up in its registry when `tape.gradient` runs (its
-`gradient_override_map` does not reach tapes), so the context swaps the registry's `Conv2D`
-entry for its duration and puts TensorFlow's back on exit (nested and concurrent uses are
-counted). The swap touches TensorFlow's private registry (`tensorflow<2.22` is pinned); where it
-is missing, or a GPU is visible (cuDNN's kernel is fast), the context changes nothing.
+Who uses it: `attacks.core.input_gradient` (so FGSM, StepLL, PGD, CW, the training attacks of the
+base defenses, e.g. Madry's inner PGD, and the masking diagnostics), APGD and FAB. Not the
+attention attacks (A^3's adaptive variant takes its own tape) and not AAD's Grad-CAM terms.
+
+TensorFlow looks gradient functions up in its registry when `tape.gradient` builds the backward
+graph (its `gradient_override_map` does not reach tapes), so the context swaps the registry's
+`Conv2D` entry for its duration and puts TensorFlow's back on exit (nested uses are counted;
+the registry is process-wide, so other threads meanwhile get the same, numerically equal
+function). A backward function that TensorFlow builds before the context (e.g. one stored in a
+loaded SavedModel) keeps TensorFlow's gradient. The swap touches TensorFlow's private registry
+(`tensorflow<2.22` is pinned); where it is missing, or a GPU is visible (cuDNN's kernel is
+fast), or the environment sets AAD_TF_FAST_CONV_GRADIENT=0 when a graph is traced, the context
+changes nothing.
 """
 
 import contextlib
+import os
 import threading
 
 import tensorflow as tf
@@ -30,7 +39,12 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import gen_nn_ops
 
 _LOCK = threading.Lock()
-_state = {'depth': 0, 'original': None}
+_state = {'depth': 0, 'original': None, 'swapped': False}
+
+
+def enabled() -> bool:
+  """False where AAD_TF_FAST_CONV_GRADIENT=0 (read at each use: set it before tracing)."""
+  return os.environ.get('AAD_TF_FAST_CONV_GRADIENT', '1') != '0'
 
 
 def _registry_entry():
@@ -79,9 +93,10 @@ def input_gradient_1ch(grad: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.T
 
 
 def _conv2d_gradient(op, grad):
-  original = _state['original']
+  # `original` is captured at the first swap and never cleared, so a thread that looked this
+  # function up while another thread was inside the context can still fall back to it.
   if not applies(op):
-    return original(op, grad)
+    return _state['original'](op, grad)
   x, kernel = op.inputs
   return [input_gradient_1ch(grad, kernel, op.get_attr('padding')),
           gen_nn_ops.conv2d_backprop_filter(
@@ -92,19 +107,29 @@ def _conv2d_gradient(op, grad):
               data_format=op.get_attr('data_format'))]
 
 
+def _gpu_visible() -> bool:
+  return bool(tf.config.list_logical_devices('GPU'))
+
+
 @contextlib.contextmanager
 def fast_input_gradients():
-  """Within: `tape.gradient` through one-channel Conv2D ops uses the depthwise input gradient."""
+  """Within: `tape.gradient` through one-channel Conv2D ops uses the depthwise input gradient.
+
+  The registry is process-wide: while one thread is inside, gradients that other threads take
+  use the same (numerically equal) function.
+  """
   with _LOCK:
-    if _state['depth'] == 0 and not tf.config.list_logical_devices('GPU'):
+    if _state['depth'] == 0 and enabled() and not _gpu_visible():
       entry = _registry_entry()
       if entry is not None:
-        _state['original'], entry['type'] = entry['type'], _conv2d_gradient
+        if _state['original'] is None:
+          _state['original'] = entry['type']
+        entry['type'], _state['swapped'] = _conv2d_gradient, True
     _state['depth'] += 1
   try:
     yield
   finally:
     with _LOCK:
       _state['depth'] -= 1
-      if _state['depth'] == 0 and _state['original'] is not None:
-        _registry_entry()['type'], _state['original'] = _state['original'], None
+      if _state['depth'] == 0 and _state['swapped']:
+        _registry_entry()['type'], _state['swapped'] = _state['original'], False
