@@ -137,7 +137,9 @@ def main(argv):
   for name in builders:
     on = statistics.median(times[(name, True)])
     off = statistics.median(times[(name, False)])
-    result['cases'][name] = {'on_ms': 1e3 * on, 'off_ms': 1e3 * off, 'ratio': off / on}
+    result['cases'][name] = {'on_ms': 1e3 * on, 'off_ms': 1e3 * off, 'ratio': off / on,
+                             'on_rounds_ms': [1e3 * t for t in times[(name, True)]],
+                             'off_rounds_ms': [1e3 * t for t in times[(name, False)]]}
     lines.append(f'| {name} | {1e3 * on:.1f} | {1e3 * off:.1f} | {off / on:.2f}x |')
   print('\n'.join(lines))
   print(f'Largest difference of the two input gradients: {same:.2e}')
