@@ -79,16 +79,15 @@ def input_gradient_1ch(grad: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.T
   """
   kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
   flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])  # [kh, kw, C_out, 1]
-  if padding in (b'SAME', 'SAME'):
-    top, left = (kh - 1) // 2, (kw - 1) // 2  # the forward pad; the transpose mirrors it
-    pads = [[0, 0], [kh - 1 - top, top], [kw - 1 - left, left], [0, 0]]
-  else:
-    pads = [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]]
-  if pads[1][0] == pads[1][1] and pads[2][0] == pads[2][1] and padding in (b'SAME', 'SAME'):
-    padded, conv_padding = grad, 'SAME'  # odd kernel: SAME pads exactly this much
-  else:
-    padded, conv_padding = tf.pad(grad, pads), 'VALID'
-  per_channel = tf.nn.depthwise_conv2d(padded, flipped, [1, 1, 1, 1], conv_padding)
+  if padding in (b'VALID', 'VALID'):  # the transpose pads kh - 1 / kw - 1 on every side
+    padded = tf.pad(grad, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]])
+  elif kh % 2 and kw % 2:  # SAME, odd kernel: the transpose pads as SAME does
+    padded = None
+  else:  # SAME pads (k - 1) // 2 before and the rest after; the transpose mirrors that
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    padded = tf.pad(grad, [[0, 0], [kh - 1 - top, top], [kw - 1 - left, left], [0, 0]])
+  per_channel = (tf.nn.depthwise_conv2d(grad, flipped, [1, 1, 1, 1], 'SAME') if padded is None
+                 else tf.nn.depthwise_conv2d(padded, flipped, [1, 1, 1, 1], 'VALID'))
   return tf.reduce_sum(per_channel, axis=-1, keepdims=True)
 
 
