@@ -69,7 +69,7 @@ def run_ours(classifier, x, y, *, eps, seed, num_steps, square_queries):
   def attack(images, labels):
     x_adv, robust = autoattack.autoattack_stages(
         model_fn, images, labels, eps=eps, seed=tf.constant([seed, 0]), num_steps=num_steps,
-        square_queries=square_queries)
+        square_queries=square_queries, model=classifier)
     correct = tf.equal(tf.argmax(model_fn(x_adv), -1, output_type=tf.int32), labels)
     return x_adv, robust, correct
 
@@ -95,7 +95,7 @@ def run_stages(classifier, x, y, *, eps, seed, num_steps, square_queries):
   model_fn = lambda images: classifier(images, training=False)
   seed = tf.constant([seed, 0])
   stages = autoattack.stage_attacks(model_fn, eps=eps, num_steps=num_steps,
-                                    square_queries=square_queries)
+                                    square_queries=square_queries, model=classifier)
   predict = lambda images: np.argmax(classifier.predict(images, batch_size=1000, verbose=0), -1)
   robust = predict(x) == y
   times = {}

@@ -50,7 +50,7 @@ def test_square_breaks_a_gradient_masked_model_that_the_gradient_stages_miss(sha
   masked = eval_models.masked_fn(eval_models.trained_model(shared_data_dir))
   x, y = data
   _, robust = autoattack.autoattack_stages(masked, x, y, eps=0.1, seed=[0, 2], num_steps=5,
-                                           num_target_classes=2, square_queries=100)
+                                           num_target_classes=2, square_queries=200)
   after = {name: float(v.numpy().mean()) for name, v in robust.items()}
   assert after['fab_t'] == after['apgd_t']  # FAB-T cannot move without gradients
   assert after['square'] < after['fab_t'] - 0.2, after

@@ -119,3 +119,43 @@ def test_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
     square.square_linf(lambda images: tf.zeros([2, 10]), tf.zeros([2, 4, 4, 1]),
                        tf.zeros([2], tf.int32), **kwargs)
+
+
+def test_one_window_and_one_sign_per_channel_for_the_whole_batch():
+  """AutoAttack's Square: at each iteration every example's proposal changes the same window,
+  to x + eps * (the same sign per channel), clipped to [0, 1]."""
+  x = tf.random.stateless_uniform([6, 12, 12, 2], [0, 5])
+  queried = []
+
+  def recording(images):
+    queried.append(images.numpy())
+    return tf.tile(tf.constant([[5.0, 0.0]]), [tf.shape(images)[0], 1])  # never fooled
+
+  square.square_linf(recording, x, tf.zeros([6], tf.int32), eps=0.1, num_queries=4,
+                     seed=[0, 6])
+  start, x = queried[0], x.numpy()  # constant logits: nothing is accepted, x_best stays
+  assert len(queried) == 4
+  for iteration, proposal in enumerate(queried[1:]):
+    changed = proposal != start  # [B, H, W, C]
+    rows = np.flatnonzero(changed.any(axis=(0, 2, 3)))
+    cols = np.flatnonzero(changed.any(axis=(0, 1, 3)))
+    side = int(square.window_side(square.p_schedule(iteration, 4, 0.8), 12, 12))
+    assert rows.max() - rows.min() < side and cols.max() - cols.min() < side
+    for channel in range(2):
+      signs = np.sign(proposal - x)[..., channel][changed[..., channel]]
+      assert len(signs) and np.all(signs == signs[0]), (iteration, channel)
+
+
+def test_the_windowed_queries_give_the_plain_attack(model_and_data, shared_data_dir):
+  """Given the Keras model, Square recomputes only what its window reaches: the same attack up
+  to float rounding (an example whose margin ties at rounding level may go another way)."""
+  model = eval_models.trained_model(shared_data_dir)
+  model_fn, x, y = model_and_data
+  plain = square.square_linf(model_fn, x[:60], y[:60], eps=0.12, num_queries=200, seed=[0, 8])
+  fast = tf.function(lambda a, b: square.square_linf(model_fn, a, b, eps=0.12, num_queries=200,
+                                                      seed=[0, 8], model=model))(x[:60], y[:60])
+  same = np.all(np.abs(plain.numpy() - fast.numpy()) < 1e-6, axis=(1, 2, 3))
+  assert same.mean() >= 0.9, same.mean()
+  assert abs(accuracy(model_fn, plain, y[:60]) - accuracy(model_fn, fast, y[:60])) <= 0.05
+  assert accuracy(model_fn, fast, y[:60]) < accuracy(model_fn, x[:60], y[:60]) - 0.1
+  assert float(tf.reduce_max(tf.abs(fast - x[:60]))) <= 0.12 + 1e-6

@@ -16,6 +16,7 @@ Everything, the subsets included, is one graph: `autoattack` traces once inside 
 and copies nothing to the host between attacks.
 """
 
+import keras
 import tensorflow as tf
 
 from aad_tf.attacks import apgd as apgd_lib
@@ -45,8 +46,13 @@ def standard_params() -> dict[str, object]:
 
 def stage_attacks(model_fn: core.ModelFn, *, eps: float, num_steps: int = NUM_STEPS,
                   num_target_classes: int = NUM_TARGET_CLASSES,
-                  square_queries: int = SQUARE_QUERIES) -> dict[str, object]:
-  """The four attacks of the standard version by name: (x, y, stateless seed) -> x_adv."""
+                  square_queries: int = SQUARE_QUERIES,
+                  model: keras.Model | None = None) -> dict[str, object]:
+  """The four attacks of the standard version by name: (x, y, stateless seed) -> x_adv.
+
+  `model`, the Keras model that model_fn runs, is optional; Square uses it to recompute only
+  the activations its window reaches (`aad_tf.attacks.windowed`).
+  """
   return {
       'apgd_ce': lambda xs, ys, s: apgd_lib.apgd(
           model_fn, xs, ys, eps=eps, num_steps=num_steps, loss='ce', seed=s),
@@ -58,14 +64,15 @@ def stage_attacks(model_fn: core.ModelFn, *, eps: float, num_steps: int = NUM_ST
           num_target_classes=num_target_classes),
       'square': lambda xs, ys, s: square_lib.square_linf(
           model_fn, xs, ys, eps=eps, num_queries=square_queries, p_init=SQUARE_P_INIT,
-          seed=s),
+          seed=s, model=model),
   }
 
 
 def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
                       seed: tf.Tensor | None = None, num_steps: int = NUM_STEPS,
                       num_target_classes: int = NUM_TARGET_CLASSES,
-                      square_queries: int = SQUARE_QUERIES
+                      square_queries: int = SQUARE_QUERIES,
+                      model: keras.Model | None = None
                       ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
   """AutoAttack with the robustness left after each attack.
 
@@ -78,6 +85,7 @@ def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
     num_steps: APGD and FAB iterations (standard: 100); smaller only for tests.
     num_target_classes: APGD-T and FAB-T targets (standard: 9).
     square_queries: Square's budget (standard: 5000).
+    model: the Keras model that model_fn runs, optional (see `stage_attacks`).
 
   Returns:
     (x_adv [B, H, W, C] (stop_gradient, in the ball and in [0, 1]), robust): robust maps
@@ -92,7 +100,8 @@ def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
     return tf.argmax(model_fn(images), axis=-1, output_type=tf.int32)
 
   attacks = stage_attacks(model_fn, eps=eps, num_steps=num_steps,
-                          num_target_classes=num_target_classes, square_queries=square_queries)
+                          num_target_classes=num_target_classes, square_queries=square_queries,
+                          model=model)
   robust = tf.equal(predict(x), y)
   by_stage = {'clean': robust}
   x_adv = x

@@ -75,11 +75,14 @@ class Target:
       internals are not available (a SavedModel): then attention-based attacks are skipped.
     name: for logs.
     owner: an object the functions need alive (the loaded SavedModel holding the variables).
+    keras_model: the Keras model that model_fn runs, when there is one: Square reads its layers
+      to recompute only what its window changes (`aad_tf.attacks.windowed`).
   """
   model_fn: ModelFn
   feature_fn: gradcam_lib.FeatureFn | None = None
   name: str = 'model'
   owner: Any = None
+  keras_model: keras.Model | None = None
 
   @classmethod
   def from_keras(cls, classifier: keras.Model, gradcam_layer: str | None = None
@@ -88,7 +91,8 @@ class Target:
     feature_fn = None
     if gradcam_layer is not None:
       feature_fn = gradcam_lib.FeatureModel(classifier, gradcam_layer).fn(training=False)
-    return cls(lambda images: classifier(images, training=False), feature_fn, classifier.name)
+    return cls(lambda images: classifier(images, training=False), feature_fn, classifier.name,
+               keras_model=classifier)
 
   @classmethod
   def from_saved_model(cls, path: str, signature: str = 'serving_default',
@@ -279,11 +283,12 @@ def make_attack(name: str, settings: AttackSettings) -> Attack:
                    'alpha_max': fab_lib.ALPHA_MAX, 'eta': fab_lib.ETA, 'beta': fab_lib.BETA})
   if name == 'autoattack':
     return Attack(name, lambda t, x, y, seed: autoattack_lib.autoattack(
-        t.model_fn, x, y, eps=eps, seed=seed), autoattack_lib.standard_params())
+        t.model_fn, x, y, eps=eps, seed=seed, model=t.keras_model),
+                  autoattack_lib.standard_params())
   if name == 'square':
     return Attack(name, lambda t, x, y, seed: square_lib.square_linf(
         t.model_fn, x, y, eps=eps, num_queries=s.square_queries, p_init=s.square_p_init,
-        seed=seed),
+        seed=seed, model=t.keras_model),
                   {'num_queries': s.square_queries, 'p_init': s.square_p_init},
                   gradient_free=True)
   if name == 'adaptive':
