@@ -36,6 +36,7 @@ from absl import flags
 from absl import logging
 
 from aad_tf.attacks import autoattack
+from aad_tf.attacks import windowed
 from aad_tf import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -183,6 +184,7 @@ def to_markdown(result) -> str:
            f"{result['num_examples']} MNIST test images, eps {result['eps']}, model "
            f"`{result['model']}`, seed {result['seed']}; TensorFlow threads: "
            f"{threads(result['threads'])}.", '',
+           f"Square's forward passes: {result.get('square_plan', 'not recorded')}.", '',
            f"Command: `{result['command']}`", '',
            '| | robust accuracy (%) | wall (s) | CPU (s) | max L-inf |', '|---|---|---|---|---|',
            f"| aad-tf (standard: APGD-CE, APGD-T, FAB-T, Square) | "
@@ -215,7 +217,7 @@ NOTES = '''## What is compared
   runs it: APGD-CE (100 iterations, 1 random start), APGD-T (targeted DLR towards the 9 classes
   ranked highest after the first on the clean input, 100 iterations each), FAB-T (the same 9
   targets, 100 iterations each, alpha_max 0.1, eta 1.05, beta 0.9), Square (5000 queries,
-  p_init 0.8), each only on the examples still robust; one compiled graph, the time includes
+  p_init 0.8, one window per iteration for all examples), each only on the examples still robust; one compiled graph, the time includes
   tracing. `trainers.evaluate --attacks=autoattack` runs the same function.
 - **ART 1.20**: `art.attacks.evasion.AutoAttack` with the closest configuration ART has. ART has
   neither APGD-T's targeted DLR loss nor FAB (its default list uses DeepFool and 5 restarts
@@ -227,14 +229,19 @@ NOTES = '''## What is compared
 - Both in this one process, ours first, with the same TensorFlow threads (the header; set them
   with TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS). CPU time (process time) is the fairer
   ratio on a machine that other jobs share; wall time is what a user waits.
-- Why ours is faster, per example and iteration (model passes; a gradient pass costs about 2.2
+- Why ours is faster, per example and iteration (model passes; a gradient pass costs about 2
   forward passes on this LeNet): APGD 1 gradient pass, and none once the example is fooled (ART:
-  1 gradient and 1 forward pass for every example in every iteration); Square 1 forward pass per
-  query (ART: 3); FAB-T 1 gradient and 1 forward pass, with its projection solved by bisection
-  instead of a sort (4x cheaper, `fab.project_linf`). Our input gradients through a convolution
-  of a one-channel image use a depthwise convolution (`attacks/conv_gradient.py`), 2.6x faster
-  than TensorFlow's CPU kernel, which ART's gradients go through. Everything is one compiled
-  graph with no host copies; ART runs eagerly and copies to NumPy on every call.
+  1 gradient and 1 forward pass for every example in every iteration); FAB-T 1 gradient pass
+  (the pass at the new iterate also says whether it is misclassified; a second one only for
+  iterates that step back towards x), with its projection solved by bisection instead of a sort
+  (`fab.project_linf`); Square 1 query per iteration (ART: 3 forward passes), and since all
+  examples share the iteration's window (as in AutoAttack's Square), a query recomputes only
+  the activations the window reaches (`attacks/windowed.py`: on this LeNet a 1-3 pixel window
+  costs about a third of a forward pass; the header says which plan the model got). Our input
+  gradients through a convolution of a one-channel image use a depthwise convolution
+  (`attacks/conv_gradient.py`), faster than TensorFlow's CPU kernel, which ART's gradients go
+  through. Everything is one compiled graph with no host copies; ART runs eagerly and copies to
+  NumPy on every call.
 - ART's `AutoAttack.generate` imports `multiprocess`, which ART does not declare: the `[peers]`
   extra installs it.'''
 
@@ -257,6 +264,8 @@ def main(argv):
             'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
                          'keras': keras.__version__, 'numpy': np.__version__},
             'threads': thread_settings(),
+            'square_plan': windowed.plan(lambda images: classifier(images, training=False),
+                                         classifier, x.shape[1:]).describe(),
             'load_average_start': list(os.getloadavg())}
   ours = run_ours(classifier, x, y, **budgets)
   result['ours'] = ours

@@ -132,3 +132,24 @@ def test_thread_settings_read_the_environment_variables_the_runtime_reads(monkey
   monkeypatch.delenv('TF_NUM_INTRAOP_THREADS')
   monkeypatch.delenv('TF_NUM_INTEROP_THREADS')
   assert autoattack_vs_art.thread_settings() == {'intra_op': 0, 'inter_op': 0}
+
+
+def test_windowed_square_benchmark_times_each_side_and_compares_the_attacks():
+  """Every case runs and gives logits, and Square with and without the windowed passes is
+  compared on the same images."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from aad_tf import models  # pylint: disable=g-import-not-at-top
+  from benchmarks import windowed_square  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  model = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
+  x = tf.constant(np.random.default_rng(0).uniform(size=(6, 28, 28, 1)), tf.float32)
+  cases = windowed_square.query_cases(model, x, [1, 4])
+  assert sorted(cases) == ['forward', 'query_s1', 'query_s4']
+  assert all(fn().shape == (6, 10) for fn in cases.values())
+  times = windowed_square.time_cases(cases, repeats=1, rounds=1)
+  assert all(t > 0 for t in times.values())
+  y = tf.argmax(model(x), -1, output_type=tf.int32)
+  result = windowed_square.run_square(model, x, y, queries=20, eps=0.3)
+  assert result['identical_fraction'] >= 0.5
+  assert result['windowed']['robust_accuracy'] <= 1.0 and result['speedup'] > 0
