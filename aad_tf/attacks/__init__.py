@@ -14,7 +14,9 @@ Modules (each imports only `core` and its siblings below it; `core` imports `con
   inner       the training attacks of base defenses: single-step (R+Step-LL), TRADES' KL PGD
   apgd        APGD-CE / APGD-DLR / APGD-T (Croce & Hein 2020)
   fab         FAB-T, minimal-perturbation boundary attack (Croce & Hein 2020)
-  square      Square Attack, gradient-free (Andriushchenko et al. 2020)
+  windowed    forward passes of images changed in one window only (Square's queries on a
+              Keras chain model: only the window's cone through the layers is recomputed)
+  square      Square Attack, gradient-free (Andriushchenko et al. 2020), AutoAttack's version
   autoattack  AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square), one graph
 
 The names below are the package's interface (`attacks.pgd(...)`); APGD, FAB, Square and
