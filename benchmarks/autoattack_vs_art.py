@@ -232,9 +232,8 @@ NOTES = '''## What is compared
   ratio on a machine that other jobs share; wall time is what a user waits.
 - Why ours is faster, per example and iteration (model passes; a gradient pass costs about 2
   forward passes on this LeNet): APGD 1 gradient pass, and none once the example is fooled (ART:
-  1 gradient and 1 forward pass for every example in every iteration); FAB-T 1 gradient pass
-  (the pass at the new iterate also says whether it is misclassified; a second one only for
-  iterates that step back towards x), with its projection solved by bisection instead of a sort
+  1 gradient and 1 forward pass for every example in every iteration); FAB-T 1 gradient and 1
+  forward pass, with its projection solved by bisection instead of a sort
   (`fab.project_linf`); Square 1 query per iteration (ART: 3 forward passes), and since all
   examples share the iteration's window (as in AutoAttack's Square), a query recomputes only
   the activations the window reaches (`attacks/windowed.py`: on this LeNet a 1-3 pixel window

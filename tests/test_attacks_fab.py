@@ -177,10 +177,12 @@ def authors_loop(model_fn, x, y, targets, num_steps):
   return best, best_norm
 
 
-def test_one_gradient_pass_per_iteration_gives_the_authors_loop(model_and_data):
-  """fab_run reuses the gradient pass at the new iterate for the misclassification check and
-  the next linearisation; only iterates that step back get a second pass. Same results as the
-  authors' two-pass loop, with fewer rows through the model."""
+def test_fab_run_is_the_authors_loop(model_and_data):
+  """fab_run against the authors' loop written out in NumPy: the same iterates, the same
+  closest adversarial points; per iteration one gradient pass at the iterate and one forward
+  pass at the new iterate. (Reusing the gradient pass at the new iterate for both was tried:
+  on the benchmark model most iterates step back towards x after the check, so a second
+  gradient pass for them made FAB-T 1.4x slower.)"""
   model_fn, x, y = model_and_data
   x, y = x[:16], y[:16]
   targets = tf.constant(np.argsort(-model_fn(x).numpy(), axis=1)[:, 1], tf.int32)
@@ -197,10 +199,7 @@ def test_one_gradient_pass_per_iteration_gives_the_authors_loop(model_and_data):
   np.testing.assert_array_equal(norm.numpy() < 1e10, found)
   np.testing.assert_allclose(norm.numpy()[found], want_norm[found], atol=1e-4)
   np.testing.assert_allclose(x_adv.numpy(), want, atol=1e-4)
-  # The first pass at x, one pass over the batch per iteration, and passes for the rows that
-  # stepped back (not after the last iteration); the authors' loop: two per iteration.
-  assert seen[:2] == [16, 16] and len(seen) <= 1 + steps + (steps - 1)
-  assert sum(seen) < 2 * steps * 16, seen
+  assert seen == [16] * (2 * steps)
 
 
 def test_compiles_once(model_and_data):

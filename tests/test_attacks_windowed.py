@@ -41,6 +41,13 @@ def patched_head_model():
                     L.GlobalMaxPooling2D(), L.Dense(3))
 
 
+def keras_example_model():
+  """Keras' simple MNIST convnet: 'valid' 3x3 convolutions, Dropout between Flatten and Dense."""
+  return sequential((28, 28, 1), L.Conv2D(32, 3, activation='relu'), L.MaxPooling2D(2),
+                    L.Conv2D(64, 3, activation='relu'), L.MaxPooling2D(2), L.Flatten(),
+                    L.Dropout(0.5), L.Activation('tanh'), L.Dense(10))
+
+
 def residual_model():
   inputs = keras.Input((8, 8, 1))
   h = L.Conv2D(2, 3, padding='same')(inputs)
@@ -50,6 +57,7 @@ def residual_model():
 
 MODELS = {
     'lenet': (lambda: lenet.build_lenet((28, 28, 1), 10), 'dense', (28, 28, 1)),
+    'keras_example': (keras_example_model, 'dense', (28, 28, 1)),
     'strided_gap': (strided_gap_model, 'gap', (13, 11, 3)),
     'patched_head': (patched_head_model, 'patched', (10, 10, 1)),
 }

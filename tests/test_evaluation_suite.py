@@ -52,3 +52,25 @@ def test_documented_step_sizes():
   assert table['apgd_dlr'].params == {'num_steps': 100, 'num_restarts': 1, 'loss': 'dlr'}
   assert table['square'].gradient_free and table['square'].params['num_queries'] == 1000
   assert table['adaptive'].needs_features and table['pgd_a3'].needs_features
+
+
+def test_square_and_autoattack_give_square_the_keras_model(monkeypatch):
+  """A Target made from a Keras model carries it, so Square can plan windowed queries; a
+  SavedModel or bare model_fn Target has none and Square runs whole forward passes."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from aad_tf.attacks import windowed  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
+                            keras.layers.Flatten(), keras.layers.Dense(10)])
+  given = []
+  original = windowed.plan
+  monkeypatch.setattr(windowed, 'plan',
+                      lambda fn, m, shape: given.append(m) or original(fn, m, shape))
+  x, y = tf.random.uniform([3, 8, 8, 1]), tf.constant([0, 1, 2])
+  target = evaluation.Target.from_keras(model)
+  assert target.keras_model is model
+  table = evaluation.standard_attacks(['square'], eps=0.1, square_queries=3)
+  table['square'].run(target, x, y, tf.constant([0, 1]))
+  table['square'].run(evaluation.Target(target.model_fn), x, y, tf.constant([0, 1]))
+  assert given == [model, None]

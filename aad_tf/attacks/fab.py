@@ -124,27 +124,21 @@ def fab_run(model_fn: core.ModelFn, x, y, targets, *, num_steps: int = 100,
   batch = tf.shape(x)[0]
   x0 = tf.reshape(x, [batch, -1])
 
-  def boundary(x1, rows):
-    """At x1 (the examples `rows`): g = z_t - z_y [n], its gradient [n, D], misclassified [n]."""
+  def boundary(x1):
+    """g = z_t - z_y [B] at x1 and its gradient [B, D]."""
     with tf.GradientTape() as tape:
       tape.watch(x1)
       logits = model_fn(x1)
       logits = logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
-      label = tf.gather(y, rows)
-      g = (tf.gather(logits, tf.gather(targets, rows), batch_dims=1)
-           - tf.gather(logits, label, batch_dims=1))
+      g = tf.gather(logits, targets, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
       total = tf.reduce_sum(g)
     with conv_gradient.fast_input_gradients():
       grad = tape.gradient(total, x1)
     grad = tf.zeros_like(x1) if grad is None else grad
-    fooled = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), label)
-    return tf.cast(g, tf.float32), tf.reshape(grad, [tf.shape(x1)[0], -1]), fooled
+    return tf.cast(g, tf.float32), tf.reshape(grad, [batch, -1])
 
-  # One gradient pass per iteration: the pass at the new iterate tells whether it is
-  # misclassified and gives the next linearisation; only the iterates that then step back
-  # towards x need another pass. (The authors' loop runs a gradient pass at the iterate and a
-  # forward pass at the new one: the same numbers, one pass more.)
-  def body(i, x1, g, w, x_best, best_norm):
+  def body(i, x1, x_best, best_norm):
+    g, w = boundary(x1)
     flat = tf.reshape(x1, [batch, -1])
     b = tf.reduce_sum(w * flat, axis=1) - g  # the hyperplane w . z = b
     d = project_linf(tf.concat([flat, x0], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
@@ -155,26 +149,17 @@ def fab_run(model_fn: core.ModelFn, x, y, targets, *, num_steps: int = 100,
     flat = tf.clip_by_value((flat + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha,
                             0.0, 1.0)
     x1 = tf.reshape(flat, tf.shape(x))
-    g, w, fooled = boundary(x1, tf.range(batch))
+    fooled = tf.not_equal(tf.argmax(model_fn(x1), axis=-1, output_type=tf.int32), y)
     norm = tf.reduce_max(tf.abs(flat - x0), axis=1)
     closer = tf.logical_and(fooled, norm < best_norm)
     x_best = tf.where(closer[:, None, None, None], x1, x_best)
     best_norm = tf.where(closer, norm, best_norm)
     x1 = tf.where(fooled[:, None, None, None], x + beta * (x1 - x), x1)
-    back = tf.where(fooled)[:, 0]
+    return i + 1, x1, x_best, best_norm
 
-    def relinearise():
-      g_back, w_back, _ = boundary(tf.gather(x1, back), back)
-      return (tf.tensor_scatter_nd_update(g, back[:, None], g_back),
-              tf.tensor_scatter_nd_update(w, back[:, None], w_back))
-    g, w = tf.cond(tf.logical_and(tf.size(back) > 0, i + 1 < num_steps), relinearise,
-                   lambda: (g, w))
-    return i + 1, x1, g, w, x_best, best_norm
-
-  g, w, _ = boundary(x, tf.range(batch))
-  _, _, _, _, x_best, best_norm = tf.while_loop(
+  _, _, x_best, best_norm = tf.while_loop(
       lambda i, *_: i < num_steps, body,
-      (tf.constant(0), x, g, w, x, tf.fill([batch], tf.constant(_NO_ADVERSARIAL, tf.float32))))
+      (tf.constant(0), x, x, tf.fill([batch], tf.constant(_NO_ADVERSARIAL, tf.float32))))
   return x_best, best_norm
 
 

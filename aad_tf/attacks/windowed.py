@@ -8,7 +8,7 @@ whose layers form a chain
     spatial part:  Conv2D (any stride, dilation 1, 'same' or 'valid'), MaxPooling2D ('same' or
                    'valid'), AveragePooling2D ('valid'), and layers that act on each pixel alone
                    (activations, BatchNormalization over channels, Dropout, Rescaling, ...);
-    linear head:   Flatten + Dense, or GlobalAveragePooling2D (optional);
+    linear head:   Flatten (+ Dropout or activations) + Dense, or GlobalAveragePooling2D;
     tail:          whatever follows, run as it is,
 
 and returns a `WindowedModel`. The spatial part is cut into segments that end at each
@@ -54,6 +54,10 @@ _POINTWISE = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU
               keras.layers.GaussianNoise, keras.layers.GaussianDropout,
               keras.layers.AlphaDropout, keras.layers.Rescaling, keras.layers.Identity,
               keras.layers.ActivityRegularization)
+
+# Of those, the ones without per-feature parameters: they act the same on [B, H, W, C] and on
+# its flattening.
+_ELEMENTWISE = tuple(layer for layer in _POINTWISE if layer is not keras.layers.SpatialDropout2D)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,9 +466,16 @@ def _build(model, model_fn, image_shape) -> WindowedModel:
   if current:
     segments.append(current)
   rest = layers[k:]
-  if (len(rest) >= 2 and type(rest[0]) is keras.layers.Flatten
-      and type(rest[1]) is keras.layers.Dense):
-    return WindowedModel(model_fn, segments, 'dense', rest[1], rest[2:])
+  if rest and type(rest[0]) is keras.layers.Flatten:
+    # Parameter-free elementwise layers commute with Flatten (e.g. the Dropout of Keras' MNIST
+    # example between Flatten and Dense): they join the last spatial layer.
+    j = 1
+    while j < len(rest) and isinstance(rest[j], _ELEMENTWISE):
+      j += 1
+    if j < len(rest) and type(rest[j]) is keras.layers.Dense:
+      last = segments[-1][-1]
+      segments[-1][-1] = dataclasses.replace(last, pointwise=last.pointwise + tuple(rest[1:j]))
+      return WindowedModel(model_fn, segments, 'dense', rest[j], rest[j + 1:])
   if (rest and type(rest[0]) is keras.layers.GlobalAveragePooling2D
       and not getattr(rest[0], 'keepdims', False)):
     return WindowedModel(model_fn, segments, 'gap', None, rest[1:])
