@@ -159,3 +159,13 @@ def test_the_windowed_queries_give_the_plain_attack(model_and_data, shared_data_
   assert abs(accuracy(model_fn, plain, y[:60]) - accuracy(model_fn, fast, y[:60])) <= 0.05
   assert accuracy(model_fn, fast, y[:60]) < accuracy(model_fn, x[:60], y[:60]) - 0.1
   assert float(tf.reduce_max(tf.abs(fast - x[:60]))) <= 0.12 + 1e-6
+  # Windowed, model_fn only re-checks the examples a query calls fooled; plain, it answers
+  # every query.
+  calls = {'windowed': 0, 'plain': 0}
+  for name, given in (('windowed', model), ('plain', None)):
+    def counting(images, name=name):
+      calls[name] += 1
+      return model_fn(images)
+    square.square_linf(counting, x[:20], y[:20], eps=0.12, num_queries=30, seed=[0, 9],
+                       model=given)
+  assert calls['plain'] > 20 and calls['windowed'] < calls['plain'] / 3, calls

@@ -21,8 +21,8 @@ Dense(f + d) = Dense(f) + d W[the rows the region feeds] (GlobalAveragePooling2D
 `commit` writes the regions of the accepted proposals into the caches. Every crop, region and
 padding depends only on the window's corner and side, so they are tabulated per image axis when
 the plan is made and a query reads them with one gather per axis. On the MNIST LeNet with a
-1-3 pixel window a query costs about a third of a forward pass
-(`benchmarks/windowed_square.py`).
+1-3 pixel window a query costs 30-40 % of a forward pass (`benchmarks/windowed_square.py`).
+Python control flow here runs on static structure only, so AutoGraph is told to leave it.
 
 The head's cache accumulates float rounding over accepted updates: Square recomputes the state
 exactly with `full` every `REFRESH_EVERY` queries and re-checks with the model itself every
@@ -46,7 +46,6 @@ import tensorflow as tf
 from absl import logging
 
 REFRESH_EVERY = 500  # Square recomputes the state exactly every this many queries
-# The code below uses Python control flow on static structure only: AutoGraph leaves it alone.
 _TOLERANCE = 1e-3  # probe check: |windowed - model| <= tol * (1 + max |model logits|)
 
 _POINTWISE = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
