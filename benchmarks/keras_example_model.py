@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   flags.DEFINE_string('data_dir', None, 'Directory with mnist.npz (keys x_train, y_train, ...).')
   flags.DEFINE_string('output', None, 'Where to write the .keras file.')
-  flags.DEFINE_integer('steps', 600, 'Training steps.', lower_bound=1)
+  flags.DEFINE_integer('steps', 3000, 'Training steps.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 64, 'Batch size.', lower_bound=1)
   flags.DEFINE_float('eps', 0.3, 'PGD radius.', lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('pgd_steps', 7, 'PGD steps.', lower_bound=1)

@@ -118,10 +118,11 @@ def main(argv):
                                    for s in sides}}
   if FLAGS.queries:
     result['square'] = run_square(model, x, y, queries=FLAGS.queries, eps=FLAGS.eps)
-  print(json.dumps(result, indent=2, sort_keys=True))
+  text = json.dumps(result, indent=2, sort_keys=True)
+  print(text)
   if FLAGS.output:
     with open(FLAGS.output + '.json', 'w') as f:
-      json.dump(result, f, indent=2, sort_keys=True)
+      f.write(text + '\n')
 
 
 if __name__ == '__main__':
