@@ -237,7 +237,7 @@ NOTES = '''## What is compared
   (`fab.project_linf`); Square 1 query per iteration (ART: 3 forward passes), and since all
   examples share the iteration's window (as in AutoAttack's Square), a query recomputes only
   the activations the window reaches (`attacks/windowed.py`: on this LeNet a 1-3 pixel window
-  costs about a third of a forward pass; the header says which plan the model got). Our input
+  costs 40-60 % of a forward pass; the header says which plan the model got). Our input
   gradients through a convolution of a one-channel image use a depthwise convolution
   (`attacks/conv_gradient.py`), faster than TensorFlow's CPU kernel, which ART's gradients go
   through. Everything is one compiled graph with no host copies; ART runs eagerly and copies to

@@ -19,7 +19,8 @@ p_init defaults to 0.8, AutoAttack's value for its standard L-inf evaluation.
 
 Because the window is shared, a query changes every image in the same few pixels; given the
 Keras model, `windowed` recomputes only the activations those pixels reach (on the MNIST LeNet
-a 1-3 pixel query costs 30-40 % of a forward pass), with results equal to float rounding.
+a 1-3 pixel query in the middle of the image costs 40-60 % of a forward pass), with results
+equal to float rounding.
 """
 
 import keras
