@@ -64,7 +64,7 @@ def test_the_suite_runs_autoattack_by_name_with_its_version(shared_data_dir, dat
   attacks = evaluation.standard_attacks(['clean', 'apgd_t', 'autoattack'], eps=0.3)
   assert attacks['autoattack'].params['version'] == autoattack.VERSION
   assert attacks['autoattack'].params['square'] == {'num_queries': 5000, 'p_init': 0.8,
-                                                    'num_restarts': 1}
+                                                    'num_restarts': 1, 'rescale_schedule': False}
   assert 'apgd_t' in evaluation.ALL_ATTACKS and 'autoattack' not in evaluation.ALL_ATTACKS
   dataset = tf.data.Dataset.from_tensor_slices((x[:20], y[:20])).batch(20)
   report = evaluation.evaluate(model, dataset, attacks, progress=False)

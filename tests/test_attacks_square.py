@@ -168,4 +168,58 @@ def test_the_windowed_queries_give_the_plain_attack(model_and_data, shared_data_
       return model_fn(images)
     square.square_linf(counting, x[:20], y[:20], eps=0.12, num_queries=30, seed=[0, 9],
                        model=given)
-  assert calls['plain'] > 20 and calls['windowed'] < calls['plain'] / 3, calls
+  assert calls['plain'] > 20 and calls['windowed'] < calls['plain'], calls
+
+
+def test_a_query_that_calls_an_example_fooled_is_re_checked_by_the_model(
+    model_and_data, shared_data_dir, monkeypatch):
+  """Windowed logits equal the model's only to rounding, so Square stops attacking an example
+  only once model_fn itself calls it misclassified. Sabotaged queries that call every example
+  fooled must change nothing; without the re-check the attack would stop after one query."""
+  from aad_tf.attacks import windowed  # pylint: disable=g-import-not-at-top
+  model = eval_models.trained_model(shared_data_dir)
+  model_fn, x, y = model_and_data
+  x, y = x[:40], y[:40]
+  run = lambda: square.square_linf(model_fn, x, y, eps=0.12, num_queries=60, seed=[0, 10],
+                                   model=model)
+  honest = run().numpy()
+  query = windowed.WindowedModel.query
+
+  def lying(self, *args, **kwargs):
+    logits, update = query(self, *args, **kwargs)
+    # Rolled: an example the model classifies correctly (every one still queried) now has
+    # its largest logit at the next class, a negative margin.
+    return tf.roll(logits, shift=1, axis=1), update
+  monkeypatch.setattr(windowed.WindowedModel, 'query', lying)
+  monkeypatch.setattr(windowed, 'probe_error', lambda *args: 0.0)  # keep the windowed plan
+  lied_to = run().numpy()
+  # Every proposal is re-checked, so the model's exact margins decide, as in the plain attack.
+  same = np.all(np.abs(lied_to - honest) < 1e-6, axis=(1, 2, 3))
+  assert same.mean() >= 0.9, same.mean()
+  robust = accuracy(model_fn, tf.constant(lied_to), y)
+  assert abs(robust - accuracy(model_fn, tf.constant(honest), y)) <= 0.05
+  assert robust < accuracy(model_fn, x, y) - 0.1
+
+
+def test_the_exact_refresh_keeps_the_attack(model_and_data, shared_data_dir, monkeypatch):
+  """Every REFRESH_EVERY queries the windowed state is recomputed from the images: the attack
+  goes on as before (examples already fooled keep their margin)."""
+  from aad_tf.attacks import windowed  # pylint: disable=g-import-not-at-top
+  model = eval_models.trained_model(shared_data_dir)
+  model_fn, x, y = model_and_data
+  run = lambda: square.square_linf(model_fn, x[:40], y[:40], eps=0.12, num_queries=60,
+                                   seed=[0, 11], model=model).numpy()
+  rarely = run()
+  monkeypatch.setattr(windowed, 'REFRESH_EVERY', 4)
+  often = run()
+  same = np.all(np.abs(rarely - often) < 1e-6, axis=(1, 2, 3))
+  assert same.mean() >= 0.9, same.mean()
+
+
+def test_autoattack_square_keeps_the_schedule_unscaled():
+  """AutoAttack builds Square with resc_schedule=False: p halves after 10, 50, 200, ...
+  iterations whatever the budget; rescaled, 5000 queries halve it after 5, 25, 100, ..."""
+  assert float(square.p_schedule(11, 5000, 0.8, rescale=False)) == pytest.approx(0.4)
+  assert float(square.p_schedule(9, 5000, 0.8, rescale=True)) == pytest.approx(0.4)
+  assert float(square.p_schedule(4500, 5000, 0.8, rescale=False)) == pytest.approx(0.8 / 128)
+  assert float(square.p_schedule(4500, 5000, 0.8, rescale=True)) == pytest.approx(0.8 / 512)

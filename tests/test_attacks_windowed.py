@@ -48,6 +48,13 @@ def keras_example_model():
                     L.Dropout(0.5), L.Activation('tanh'), L.Dense(10))
 
 
+def sparse_stride_model():
+  """Strides larger than the kernel (inputs no output reads), odd sizes, a 'same' gap."""
+  return sequential((30, 17, 1), L.Conv2D(3, 1, strides=3, padding='same'),
+                    L.Conv2D(4, 2, strides=4, padding='valid', activation='relu'),
+                    L.Flatten(), L.Dense(4))
+
+
 def residual_model():
   inputs = keras.Input((8, 8, 1))
   h = L.Conv2D(2, 3, padding='same')(inputs)
@@ -60,6 +67,7 @@ MODELS = {
     'keras_example': (keras_example_model, 'dense', (28, 28, 1)),
     'strided_gap': (strided_gap_model, 'gap', (13, 11, 3)),
     'patched_head': (patched_head_model, 'patched', (10, 10, 1)),
+    'sparse_stride': (sparse_stride_model, 'dense', (30, 17, 1)),
 }
 
 
@@ -166,7 +174,7 @@ def test_a_plan_that_disagrees_with_the_model_falls_back(monkeypatch):
   assert not plan.incremental and 'differ' in plan.reason
 
 
-def test_plan_inside_a_tf_function_probes_eagerly_once():
+def test_plan_inside_a_tf_function_probes_eagerly():
   model = patched_head_model()
   images = tf.random.uniform([2, 10, 10, 1])
 

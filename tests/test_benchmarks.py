@@ -152,4 +152,4 @@ def test_windowed_square_benchmark_times_each_side_and_compares_the_attacks():
   y = tf.argmax(model(x), -1, output_type=tf.int32)
   result = windowed_square.run_square(model, x, y, queries=20, eps=0.3)
   assert result['identical_fraction'] >= 0.5
-  assert result['windowed']['robust_accuracy'] <= 1.0 and result['speedup'] > 0
+  assert result['windowed']['robust_accuracy'] == result['plain']['robust_accuracy']

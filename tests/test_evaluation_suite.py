@@ -54,7 +54,7 @@ def test_documented_step_sizes():
   assert table['adaptive'].needs_features and table['pgd_a3'].needs_features
 
 
-def test_square_and_autoattack_give_square_the_keras_model(monkeypatch):
+def test_square_and_autoattack_get_the_keras_model(monkeypatch):
   """A Target made from a Keras model carries it, so Square can plan windowed queries; a
   SavedModel or bare model_fn Target has none and Square runs whole forward passes."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -74,3 +74,27 @@ def test_square_and_autoattack_give_square_the_keras_model(monkeypatch):
   table['square'].run(target, x, y, tf.constant([0, 1]))
   table['square'].run(evaluation.Target(target.model_fn), x, y, tf.constant([0, 1]))
   assert given == [model, None]
+  # The autoattack entry hands it on (its fixed budgets are too slow here, so record the call).
+  from aad_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(autoattack, 'autoattack', lambda *a, **k: calls.append(k) or a[1])
+  evaluation.standard_attacks(['autoattack'], eps=0.1)['autoattack'].run(
+      target, x, y, tf.constant([0, 1]))
+  assert calls[0]['model'] is model
+
+
+def test_autoattack_gives_square_the_model(monkeypatch):
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from aad_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  from aad_tf.attacks import square  # pylint: disable=g-import-not-at-top
+  model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
+                            keras.layers.Flatten(), keras.layers.Dense(10)])
+  given = []
+  monkeypatch.setattr(square, 'square_linf',
+                      lambda fn, x, y, **k: given.append((k['model'], k['rescale_schedule'])) or x)
+  x = tf.random.uniform([3, 8, 8, 1])
+  y = tf.argmax(model(x), -1, output_type=tf.int32)  # correct, and robust at eps 0: Square runs
+  autoattack.autoattack(lambda images: model(images), x, y, eps=0.0, num_steps=1,
+                        num_target_classes=1, square_queries=2, model=model)
+  assert given == [(model, False)]

@@ -10,7 +10,8 @@ earlier attack still classify correctly, and an example counts as robust only if
                the clean input, 100 iterations and 1 random start each;
   3. FAB-T     targeted FAB towards the same 9 classes, 100 iterations each, started at x,
                alpha_max 0.1, eta 1.05, beta 0.9 (`aad_tf.attacks.fab`);
-  4. Square    5000 queries, p_init 0.8, 1 restart (`aad_tf.attacks.square`).
+  4. Square    5000 queries, p_init 0.8, 1 restart, p's schedule not rescaled to the budget
+               (`resc_schedule=False` in the reference; `aad_tf.attacks.square`).
 
 Everything, the subsets included, is one graph: `autoattack` traces once inside a `tf.function`
 and copies nothing to the host between attacks.
@@ -41,7 +42,8 @@ def standard_params() -> dict[str, object]:
           'fab_t': {'num_steps': NUM_STEPS, 'num_target_classes': NUM_TARGET_CLASSES,
                     'num_restarts': 1, 'alpha_max': fab_lib.ALPHA_MAX, 'eta': fab_lib.ETA,
                     'beta': fab_lib.BETA},
-          'square': {'num_queries': SQUARE_QUERIES, 'p_init': SQUARE_P_INIT, 'num_restarts': 1}}
+          'square': {'num_queries': SQUARE_QUERIES, 'p_init': SQUARE_P_INIT, 'num_restarts': 1,
+                     'rescale_schedule': False}}
 
 
 def stage_attacks(model_fn: core.ModelFn, *, eps: float, num_steps: int = NUM_STEPS,
@@ -64,7 +66,7 @@ def stage_attacks(model_fn: core.ModelFn, *, eps: float, num_steps: int = NUM_ST
           num_target_classes=num_target_classes),
       'square': lambda xs, ys, s: square_lib.square_linf(
           model_fn, xs, ys, eps=eps, num_queries=square_queries, p_init=SQUARE_P_INIT,
-          seed=s, model=model),
+          seed=s, model=model, rescale_schedule=False),
   }
 
 

@@ -1,12 +1,13 @@
 """Square Attack, L-inf (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), native TF2.
 
 A gradient-free, score-based random search: it only queries logits, so gradient masking cannot
-stop it. Each iteration draws one square window of side s, placed uniformly at random, and one
-random sign per channel, sets the perturbation of every example not yet fooled to +-eps inside
-that window, and keeps each example's proposal if it lowers its margin loss
+stop it. Each iteration draws one square window of side s (its corner uniform over the image)
+and one random sign per channel, sets the perturbation of every example not yet fooled to
++-eps inside that window, and keeps each example's proposal if it lowers its margin loss
 z_y - max_{j != y} z_j. This is AutoAttack's version (its `square.py`): one window and one sign
 for the whole batch per iteration, no redraw of proposals that change nothing (the authors'
-first code drew a window per example and redrew those).
+first code drew a window per example and redrew those); AutoAttack's integer draw never puts
+the corner on the last row or column, ours can.
 
   * start: vertical stripes, delta[b, :, w, c] = +-eps (one sign per column and channel);
   * s = round(sqrt(p * H * W)), clipped to [1, min(H, W) - 1], where the fraction of changed
@@ -38,10 +39,16 @@ def margin_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
   return -core.cw_margin(logits, labels)
 
 
-def p_schedule(iteration, num_queries: int, p_init: float) -> tf.Tensor:
-  """The fraction of pixels p changed at `iteration` (scalar tensor)."""
-  scaled = tf.cast(iteration, tf.float32) / float(num_queries) * 10000.0
-  scaled = tf.floor(scaled)
+def p_schedule(iteration, num_queries: int, p_init: float, rescale: bool = True) -> tf.Tensor:
+  """The fraction of pixels p changed at `iteration` (scalar tensor).
+
+  With `rescale` the schedule's 10000 iterations are stretched to `num_queries` (the authors'
+  Square code); without, iterations count as they are (AutoAttack builds its Square with
+  `resc_schedule=False`: at 5000 queries the last halvings are never reached).
+  """
+  scaled = tf.cast(iteration, tf.float32)
+  if rescale:
+    scaled = tf.floor(scaled / float(num_queries) * 10000.0)
   halvings = tf.add_n([tf.cast(scaled > b, tf.float32) for b in P_SCHEDULE_BOUNDARIES])
   return p_init / tf.pow(2.0, halvings)
 
@@ -54,7 +61,7 @@ def window_side(p: tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 1000,
                 p_init: float = 0.8, seed: tf.Tensor | None = None,
-                model: keras.Model | None = None) -> tf.Tensor:
+                model: keras.Model | None = None, rescale_schedule: bool = True) -> tf.Tensor:
   """Untargeted Square Attack under an L-inf bound.
 
   Args:
@@ -64,10 +71,14 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
     eps: L-inf radius in [0, 1].
     num_queries: query budget per example (>= 1).
     p_init: initial fraction of pixels changed per iteration, in (0, 1].
-    seed: optional stateless seed [2]; iteration i draws with fold_in(seed, i).
+    seed: optional stateless seed [2]; the start draws with it, iteration i with
+      fold_in(seed, i + 1).
     model: the Keras model that model_fn runs, optional: where `windowed.plan` supports it,
       each query recomputes only what the changed window reaches (same results to float
-      rounding, fewer operations); else every query is one forward pass of model_fn.
+      rounding, fewer operations; model_fn is then called only to re-check examples a query
+      calls misclassified, calls outside the query budget); else every query is one forward
+      pass of model_fn.
+    rescale_schedule: stretch p's schedule to num_queries (see `p_schedule`; AutoAttack: no).
 
   Returns:
     Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
@@ -101,7 +112,7 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
 
   def body(i, margin_best, state):
     active = tf.where(margin_best > 0)[:, 0]  # only examples not yet fooled are queried
-    side = window_side(p_schedule(i, num_queries, p_init), height, width)
+    side = window_side(p_schedule(i, num_queries, p_init, rescale_schedule), height, width)
     seeds = tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, i + 1), 3)
     # One window and one sign per channel for all examples, as in AutoAttack's Square.
@@ -113,8 +124,9 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
     new = tf.clip_by_value(x_window + signs([channels], seeds[2]), 0.0, 1.0)
     logits, update = windowed.query(state, active, corner, new)
     margin_new = margins(logits, active)
-    if windowed.accumulates:
-      # The head's cache carries rounding: an example is called fooled only by the model.
+    if windowed.incremental:
+      # Windowed logits equal the model's to rounding only: an example is called fooled (and
+      # no longer attacked) only by the model itself.
       suspect = tf.where(margin_new <= 0)[:, 0]
 
       def exact():
@@ -130,9 +142,9 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
     margin_best = tf.tensor_scatter_nd_update(margin_best, active[:, None],
                                               tf.minimum(margin_new, margin_active))
     if windowed.accumulates:
-      def refresh():
+      def refresh():  # exact values again; examples already fooled keep their margin
         logits, fresh = windowed.full(state[0])
-        return margin_loss(logits, y), fresh
+        return tf.where(margin_best > 0, margin_loss(logits, y), margin_best), fresh
       margin_best, state = tf.cond((i + 1) % windowed_lib.REFRESH_EVERY == 0, refresh,
                                    lambda: (margin_best, state))
     return i + 1, margin_best, state

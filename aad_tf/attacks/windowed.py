@@ -32,9 +32,10 @@ activations to float rounding.
 
 Anything else (no Keras model given, a graph that is not a chain, a first layer that is not one
 of the above, a non-float32 dtype policy) gets the plain plan: the patched images through
-`model_fn`, one whole forward pass per query. `plan` also checks numerically, once per model,
-that windowed logits equal the model's own on probe images and windows, and falls back to the
-plain plan with a logged reason if they do not.
+`model_fn`, one whole forward pass per query. `plan` also checks numerically, each time it is
+called, that windowed logits equal model_fn's on probe images and windows (corners, edges and
+the middle, sides 1 to H - 1), and falls back to the plain plan with a logged reason if they do
+not or if the probe fails.
 """
 
 import dataclasses
@@ -55,9 +56,19 @@ _POINTWISE = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU
               keras.layers.AlphaDropout, keras.layers.Rescaling, keras.layers.Identity,
               keras.layers.ActivityRegularization)
 
-# Of those, the ones without per-feature parameters: they act the same on [B, H, W, C] and on
-# its flattening.
-_ELEMENTWISE = tuple(layer for layer in _POINTWISE if layer is not keras.layers.SpatialDropout2D)
+
+def _is_elementwise(layer) -> bool:
+  """Acts on each number alone, the same everywhere: commutes with Flatten."""
+  if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+                        keras.layers.Dropout, keras.layers.GaussianNoise,
+                        keras.layers.GaussianDropout, keras.layers.AlphaDropout,
+                        keras.layers.Identity, keras.layers.ActivityRegularization)):
+    return not isinstance(layer, keras.layers.SpatialDropout2D)
+  if isinstance(layer, keras.layers.Activation):
+    return 'softmax' not in getattr(layer.activation, '__name__', 'softmax')
+  if isinstance(layer, keras.layers.Rescaling):
+    return np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0
+  return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +130,12 @@ def _axis_entry(segments: Sequence[Sequence[_Stage]], axis: int, a: int, b: int)
     q0, q1 = _reads(*need[0], segment[0], axis)
     size = segment[0].in_size[axis]
     v0, v1 = max(q0, 0), min(q1, size)
-    i0 = max(a, v0)
+    # The changed inputs inside the crop (none where the window sits in inputs the stage
+    # skips, e.g. between the taps of a stride larger than the kernel).
+    i0 = min(max(a, v0), v1)
     i1 = max(min(b, v1), i0)
-    row += [v0, v1 - v0, i0 - a, i1 - i0, i0 - v0, v1 - i1, v0 - q0, q1 - v1]
+    pbegin = min(max(i0 - a, 0), b - a)
+    row += [v0, v1 - v0, pbegin, i1 - i0, i0 - v0, v1 - i1, v0 - q0, q1 - v1]
     for stage, (r0, r1) in zip(segment[:-1], need[:-1]):  # valid part of intermediate outputs
       row += [max(-r0, 0), min(r1, stage.out_size[axis]) - r0]
     row += [o0, o1 - o0]
@@ -183,7 +197,7 @@ class WindowedModel:
   """
 
   def __init__(self, model_fn, segments: Sequence[Sequence[_Stage]] = (), head: str = 'plain',
-               head_layer=None, tail: Sequence[Callable] = (), reason: str = ''):
+               head_layer=None, tail: Sequence[Callable] = (), reason: str = '', tables=None):
     self._model_fn = model_fn
     self._segments = tuple(tuple(segment) for segment in segments)
     self._head = head  # 'plain' | 'dense' | 'gap' | 'patched'
@@ -192,8 +206,9 @@ class WindowedModel:
     self.reason = reason
     if self._segments:
       first = self._segments[0][0]
-      self._tables = tuple(_axis_table(self._segments, axis, first.in_size[axis])
-                           for axis in (0, 1))  # NumPy: a constant of whichever graph queries
+      # NumPy: a constant of whichever graph queries.
+      self._tables = tables or tuple(_axis_table(self._segments, axis, first.in_size[axis])
+                                     for axis in (0, 1))
       self._width = self._tables[0].shape[-1]
       self._fields = _offsets(self._segments)
 
@@ -470,7 +485,7 @@ def _build(model, model_fn, image_shape) -> WindowedModel:
     # Parameter-free elementwise layers commute with Flatten (e.g. the Dropout of Keras' MNIST
     # example between Flatten and Dense): they join the last spatial layer.
     j = 1
-    while j < len(rest) and isinstance(rest[j], _ELEMENTWISE):
+    while j < len(rest) and _is_elementwise(rest[j]):
       j += 1
     if j < len(rest) and type(rest[j]) is keras.layers.Dense:
       last = segments[-1][-1]
@@ -511,7 +526,7 @@ def probe_error(windowed: WindowedModel, model_fn, image_shape: Sequence[int]) -
   return worst / scale
 
 
-# model -> (image shape, its plan): the probe runs once per model and image shape.
+# model -> (image shape, its plan before the probe): tables are built once per model and shape.
 _PLANS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
 
 
@@ -521,7 +536,9 @@ def plan(model_fn, model: keras.Model | None, image_shape: Sequence[int]) -> Win
 
   Args:
     model_fn: images -> logits, the model in inference mode (`lambda x: model(x,
-      training=False)`); the plain plan and Square's exact checks call it.
+      training=False)`); the plain plan and Square's re-checks call it, and the probe compares
+      windowed logits with it, so a model_fn that is not the model (a wrapper adding
+      preprocessing or a defense) gets the plain plan.
     model: the Keras model that model_fn runs, or None.
     image_shape: static (H, W, C) of the images.
 
@@ -533,17 +550,21 @@ def plan(model_fn, model: keras.Model | None, image_shape: Sequence[int]) -> Win
   key = tuple(int(v) for v in image_shape)
   cached = _PLANS.get(model)
   if cached is None or cached[0] != key:
-    windowed = _build(model, model_fn, key)
-    if windowed.incremental:
-      with tf.init_scope():  # the probe runs eagerly, also while a tf.function traces
-        error = probe_error(windowed, lambda images: model(images, training=False), key)
-      if not error <= _TOLERANCE:
-        windowed = WindowedModel(model_fn, reason=f'windowed logits differ from the '
-                                 f'model\'s by {error:.2g} (relative) on probe images')
-        logging.warning('Square on %s: %s; every query runs the whole model.', model.name,
-                        windowed.reason)
-    cached = (key, windowed)
+    cached = (key, _build(model, model_fn, key))
     _PLANS[model] = cached
-  windowed = cached[1]
-  return WindowedModel(model_fn, windowed._segments, windowed._head, windowed._head_layer,  # pylint: disable=protected-access
-                       windowed._tail, windowed.reason)  # pylint: disable=protected-access
+  built = cached[1]
+  windowed = WindowedModel(model_fn, built._segments, built._head, built._head_layer,  # pylint: disable=protected-access
+                           built._tail, built.reason, tables=getattr(built, '_tables', None))  # pylint: disable=protected-access
+  if not windowed.incremental:
+    return windowed
+  try:
+    with tf.init_scope():  # the probe runs eagerly, also while a tf.function traces
+      error = probe_error(windowed, model_fn, key)
+    reason = (None if error <= _TOLERANCE else
+              f'windowed logits differ from model_fn\'s by {error:.2g} (relative) on probe images')
+  except (tf.errors.OpError, ValueError, TypeError) as e:  # e.g. a model_fn that needs a graph
+    reason = f'the probe failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
+  if reason is None:
+    return windowed
+  logging.warning('Square on %s: %s; every query runs the whole model.', model.name, reason)
+  return WindowedModel(model_fn, reason=reason)
