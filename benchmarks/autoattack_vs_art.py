@@ -218,9 +218,8 @@ NOTES = '''## What is compared
   ranked highest after the first on the clean input, 100 iterations each), FAB-T (the same 9
   targets, 100 iterations each, alpha_max 0.1, eta 1.05, beta 0.9), Square (5000 queries,
   p_init 0.8, p's schedule not rescaled to the budget, one window per iteration for all
-  examples), each only on the examples still
-  robust; one compiled graph, the time includes tracing. `trainers.evaluate
-  --attacks=autoattack` runs the same function.
+  examples), each only on the examples still robust; one compiled graph, the time includes
+  tracing. `trainers.evaluate --attacks=autoattack` runs the same function.
 - **ART 1.20**: `art.attacks.evasion.AutoAttack` with the closest configuration ART has. ART has
   neither APGD-T's targeted DLR loss nor FAB (its default list uses DeepFool and 5 restarts
   of everything), so it runs `attacks=[APGD-CE, APGD-DLR, Square]` (100 iterations, 1 random
