@@ -201,19 +201,33 @@ def test_a_query_that_calls_an_example_fooled_is_re_checked_by_the_model(
   assert robust < accuracy(model_fn, x, y) - 0.1
 
 
-def test_the_exact_refresh_keeps_the_attack(model_and_data, shared_data_dir, monkeypatch):
-  """Every REFRESH_EVERY queries the windowed state is recomputed from the images: the attack
-  goes on as before (examples already fooled keep their margin)."""
+def test_the_exact_refresh_undoes_drift_in_the_head_cache(model_and_data, shared_data_dir,
+                                                         monkeypatch):
+  """The Dense head's cache is updated by differences, so rounding accumulates; every
+  REFRESH_EVERY queries Square recomputes the state from the images. Here each commit adds a
+  large drift to that cache: refreshed after every query the attack is the honest one, never
+  refreshed it goes elsewhere."""
   from aad_tf.attacks import windowed  # pylint: disable=g-import-not-at-top
   model = eval_models.trained_model(shared_data_dir)
   model_fn, x, y = model_and_data
   run = lambda: square.square_linf(model_fn, x[:40], y[:40], eps=0.12, num_queries=60,
                                    seed=[0, 11], model=model).numpy()
-  rarely = run()
-  monkeypatch.setattr(windowed, 'REFRESH_EVERY', 4)
-  often = run()
-  same = np.all(np.abs(rarely - often) < 1e-6, axis=(1, 2, 3))
-  assert same.mean() >= 0.9, same.mean()
+  honest = run()
+  commit = windowed.WindowedModel.commit
+
+  def drifting(self, *args):
+    state = commit(self, *args)
+    head = state[-1]  # the head's cache (Dense pre-activations; here the logits)
+    return state[:-1] + (head + tf.linspace(0.0, 2.0, head.shape[-1]),)
+  monkeypatch.setattr(windowed.WindowedModel, 'commit', drifting)
+  monkeypatch.setattr(windowed, 'probe_error', lambda *args: 0.0)  # keep the windowed plan
+  monkeypatch.setattr(windowed, 'REFRESH_EVERY', 1)
+  refreshed = run()
+  monkeypatch.setattr(windowed, 'REFRESH_EVERY', 10**6)
+  drifted = run()
+  same = lambda a: np.all(np.abs(a - honest) < 1e-6, axis=(1, 2, 3)).mean()
+  assert same(refreshed) >= 0.9, same(refreshed)
+  assert same(drifted) < same(refreshed) - 0.1, (same(drifted), same(refreshed))
 
 
 def test_autoattack_square_keeps_the_schedule_unscaled():
