@@ -162,8 +162,8 @@ def _offsets(segments) -> list[dict[str, int | list[tuple[int, int]]]]:
     k += len(_CROP_FIELDS)
     fields['valid'] = [(k + 2 * j, k + 2 * j + 1) for j in range(len(segment) - 1)]
     k += 2 * (len(segment) - 1)
-    fields['out0'], fields['outlen'] = k, k + 1
-    k += 2
+    fields.update({name: k + j for j, name in enumerate(_OUT_FIELDS)})
+    k += len(_OUT_FIELDS)
     out.append(fields)
   return out
 
