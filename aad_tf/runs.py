@@ -41,8 +41,20 @@ from aad_tf import summaries
 from aad_tf import training
 
 SOURCES = ('auto', 'checkpoint', 'keras')
+RUNS_ROOT_ENV = 'AAD_TF_RUNS'
+DEFAULT_RUNS_ROOT = '~/aad-tf-runs'
 # Run directories whose old config.json was already reported (once per process).
 _REPORTED_LEGACY = set()
+
+
+def runs_root(*subdirs: str) -> str:
+  """Where long runs live: `$AAD_TF_RUNS` (default ~/aad-tf-runs), joined with `subdirs`.
+
+  Outside the checkout, so that a new session (which lays the checkout anew and loses its
+  git-ignored runs/) finds the runs of the machine's earlier sessions and resumes them.
+  """
+  root = os.environ.get(RUNS_ROOT_ENV) or DEFAULT_RUNS_ROOT
+  return os.path.join(os.path.abspath(os.path.expanduser(root)), *subdirs)
 
 
 @dataclasses.dataclass

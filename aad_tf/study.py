@@ -79,6 +79,23 @@ def load_screen(runs_dir: str) -> List[ScreenRow]:
   return [r for r in rows if r is not None]
 
 
+def load_published(path: str) -> List[ScreenRow]:
+  """The rows of a published screen.json (`screen_json`'s output), e.g. from an earlier session."""
+  with open(path) as f:
+    return [ScreenRow(**row) for row in json.load(f)]
+
+
+def merge_published(rows: Sequence[ScreenRow], published: Sequence[ScreenRow]) -> List[ScreenRow]:
+  """`rows` plus every published row whose run is not among them (a run found wins), baseline first.
+
+  A new session's `$AAD_TF_RUNS` may lack the runs an earlier session published (its machine was
+  replaced): their evaluated rows are kept from the published table instead of being retrained.
+  """
+  names = {r.name for r in rows}
+  merged = list(rows) + [r for r in published if r.name not in names]
+  return sorted(merged, key=lambda r: (r.scaling != '-', r.name))
+
+
 def _pct(value: Optional[float]) -> str:
   return '-' if value is None else f'{100 * value:.1f}'
 

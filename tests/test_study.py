@@ -48,3 +48,27 @@ def test_screen_rows_and_differences_to_madry(tmp_path):
       in lines[3]
   assert '| -2.0 |' in lines[4] and '0.150 / 0.100' in lines[3] and '0.300 / 0.200' in lines[3]
   assert study.screen_json(rows)[2]['scaling'] == 'none'
+
+
+def test_published_rows_fill_in_missing_runs_and_found_runs_win(tmp_path):
+  root = str(tmp_path / 'runs')
+  fake_run(root, 'screen_max_a0.1_b0.1', aad=True, worst=0.83)
+  published = [dict(study.screen_json(study.load_screen(root))[0], name=name, accuracy=acc)
+               for name, acc in [('screen_max_a0.1_b0.1', {'worst_case': 0.5}),
+                                 ('screen_old', {'worst_case': 0.7})]]
+  published.append(dict(published[1], name='confirm_madry_s0', scaling='-', alpha=0.0, beta=0.0,
+                        accuracy={'worst_case': 0.8}))
+  path = tmp_path / 'screen.json'
+  path.write_text(json.dumps(published))
+  rows = study.merge_published(study.load_screen(root), study.load_published(str(path)))
+  assert [r.name for r in rows] == ['confirm_madry_s0', 'screen_max_a0.1_b0.1', 'screen_old']
+  assert rows[1].accuracy['worst_case'] == 0.83  # the run found, not its published row
+  assert '| +3.0 |' in study.screen_table(rows).splitlines()[3]  # against the published Madry
+
+
+def test_runs_root_follows_the_environment(monkeypatch, tmp_path):
+  from aad_tf import runs
+  monkeypatch.setenv('AAD_TF_RUNS', str(tmp_path))
+  assert runs.runs_root('aad_study') == os.path.join(str(tmp_path), 'aad_study')
+  monkeypatch.delenv('AAD_TF_RUNS')
+  assert runs.runs_root() == os.path.expanduser('~/aad-tf-runs')

@@ -1,8 +1,11 @@
 r"""Tables of the AAD study (docs/results/aad_study.sh): the screen, beside its Madry baseline.
 
-  python -m trainers.aad_study --runs=runs/aad_study --output_dir=docs/results/aad_study
+  python -m trainers.aad_study --output_dir=docs/results/aad_study \
+      --published=docs/results/aad_study/screen.json
 
-Writes screen.md and screen.json (see aad_tf.study) to --output_dir.
+Reads the runs under --runs (default $AAD_TF_RUNS/aad_study) and writes screen.md and
+screen.json (see aad_tf.study) to --output_dir. With --published, rows of an earlier table whose
+runs are not under --runs are kept (a run found there replaces its published row).
 """
 
 import json
@@ -12,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from aad_tf import runs
 from aad_tf import study
 from trainers import cli
 
@@ -19,7 +23,10 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('runs', 'runs/aad_study', 'Directory holding the study runs.')
+  flags.DEFINE_string('runs', None, 'Directory holding the study runs (default: '
+                      '$AAD_TF_RUNS/aad_study, AAD_TF_RUNS defaulting to ~/aad-tf-runs).')
+  flags.DEFINE_string('published', None, 'A published screen.json whose rows are kept where '
+                      'their runs are missing under --runs.')
   flags.DEFINE_string('output_dir', None, 'Where screen.md and screen.json go.')
 
 
@@ -28,9 +35,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS.output_dir:
     raise app.UsageError('--output_dir is required.')
-  rows = study.load_screen(FLAGS.runs)
+  runs_dir = FLAGS.runs or runs.runs_root('aad_study')
+  rows = study.load_screen(runs_dir)
+  if FLAGS.published:
+    rows = study.merge_published(rows, study.load_published(FLAGS.published))
   if not rows:
-    raise app.UsageError(f'No screen run with screen/robustness.json under {FLAGS.runs}.')
+    raise app.UsageError(f'No screen run with screen/robustness.json under {runs_dir}.')
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   table = study.screen_table(rows)
   examples = sorted({r.num_examples for r in rows})

@@ -5,6 +5,11 @@
 #
 #   docs/results/aad_study.sh screen_max_a1_b1 ...   # these runs (names below)
 #   docs/results/aad_study.sh tables                 # rebuild docs/results/aad_study/ from runs
+#   docs/results/aad_study.sh resume                 # every run found under $RUNS, resumed
+#
+# Runs live under $RUNS, by default $AAD_TF_RUNS/aad_study with AAD_TF_RUNS=~/aad-tf-runs: outside
+# the checkout, so that a new session's checkout finds and resumes them (a killed run resumes from
+# its last checkpoint; finished training and evaluations are skipped).
 #
 # Screen runs: 1 epoch (600 steps), seed 0, one per (scaling, alpha, beta); name
 # screen_<scaling>_a<alpha>_b<beta>, e.g. screen_max_a0.1_b0.1. The Madry baseline of the screen is
@@ -16,7 +21,7 @@
 # Two invocations with disjoint runs share a 2-core machine (TF_NUM_INTRAOP_THREADS=1 each).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
-RUNS=${RUNS:-runs/aad_study}
+RUNS=${RUNS:-${AAD_TF_RUNS:-$HOME/aad-tf-runs}/aad_study}
 export TF_CPP_MIN_LOG_LEVEL=2
 SCREEN_ATTACKS=clean,pgd100,apgd_ce,square
 
@@ -39,6 +44,10 @@ screen_eval() {  # dir, [checkpoint], output dir
     ${ckpt:+--checkpoint=$ckpt}
 }
 
+if [ "${1:-}" = resume ]; then  # every run directory under $RUNS, by name
+  set -- $(cd "$RUNS" 2>/dev/null && ls -d screen_* confirm_* 2>/dev/null || true)
+  echo "resuming under $RUNS: ${*:-nothing}" >&2
+fi
 for run in "$@"; do
   dir=$RUNS/$run
   case $run in
@@ -55,7 +64,8 @@ for run in "$@"; do
       train $dir $(aad_flags $spec) --seed=${run##*_s}
       [ -f $dir/robustness.json ] || python -m trainers.evaluate --model_dir=$dir \
         --data_dir="$DATA" --eval_examples=1000 ;;
-    tables) python -m trainers.aad_study --runs=$RUNS --output_dir=docs/results/aad_study ;;
+    tables) python -m trainers.aad_study --runs=$RUNS --output_dir=docs/results/aad_study \
+      --published=docs/results/aad_study/screen.json ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done

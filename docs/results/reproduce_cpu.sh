@@ -8,14 +8,15 @@
 #   docs/results/reproduce_cpu.sh tables          # only rebuild the tables from finished runs
 #
 # Resumable: re-run after an interruption (finished steps are skipped, training resumes from the
-# last checkpoint). Run from the repository root; DATA defaults to ../shared/data, RUNS to runs.
+# last checkpoint). Run from the repository root; DATA defaults to ../shared/data, RUNS to
+# $AAD_TF_RUNS (default ~/aad-tf-runs, outside the checkout, so a new session resumes the runs).
 # Two invocations with disjoint runs can share a machine (each with TF_NUM_INTRAOP_THREADS=1 on
 # 2 cores, as docs/results did). Cost on a 2-core CPU: about 2.5 h for MNIST (7 models + 7
 # suites), about 1 h for the CIFAR-10 pair (a reduced attack set: the whole suite on ResNet9 would
 # take over 10 CPU-hours per model on 1000 images).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
-RUNS=${RUNS:-runs}
+RUNS=${RUNS:-${AAD_TF_RUNS:-$HOME/aad-tf-runs}}
 export TF_CPP_MIN_LOG_LEVEL=2
 GRID=clean,fgsm,pgd10,pgd20,pgd40,pgd100,cw10,cw20,cw40,cw100
 MNIST_RUNS="mnist_raw_cpu_s0 mnist_madry_cpu_s0 mnist_madry_aad_cpu_s0 mnist_alp_cpu_s0

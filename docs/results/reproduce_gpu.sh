@@ -8,10 +8,11 @@
 #   docs/results/reproduce_gpu.sh                     # both rows, then docs/results/mnist_paper_budget
 #   EXTRA="--train_steps=2" EVAL_EXAMPLES=20 docs/results/reproduce_gpu.sh   # smoke test anywhere
 #
-# Resumable like reproduce_cpu.sh. RUNS defaults to runs, DATA to ../shared/data.
+# Resumable like reproduce_cpu.sh. RUNS defaults to $AAD_TF_RUNS
+# (default ~/aad-tf-runs: outside the checkout, so runs outlive a session), DATA to ../shared/data.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
-RUNS=${RUNS:-runs}
+RUNS=${RUNS:-${AAD_TF_RUNS:-$HOME/aad-tf-runs}}
 EVAL_EXAMPLES=${EVAL_EXAMPLES:-10000}
 export TF_CPP_MIN_LOG_LEVEL=2
 for row in madry madry_aad madry_aad_screen_best; do
