@@ -31,6 +31,7 @@ from aad_tf import defenses as defense_lib
 from aad_tf import distribute
 from aad_tf import files
 from aad_tf import models
+from aad_tf import schedules
 from aad_tf import summaries
 
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
@@ -61,6 +62,8 @@ class TrainConfig:
     download: allow a TFDS download.
     model: registry name of the classifier.
     keep_prob: dropout keep probability for models that have dropout.
+    model_width: channels of the backbone's first stage, for backbones that take `width`
+      (ResNet9: 64 is the standard network); None: the backbone's default.
     batch_size: global batch size.
     epochs: training epochs (ignored when train_steps is set).
     train_steps: total optimizer steps; overrides epochs.
@@ -68,7 +71,11 @@ class TrainConfig:
     learning_rate: initial learning rate.
     lr_decay_rate: multiply the learning rate by this every lr_decay_epochs (1 = constant).
     lr_decay_epochs: epochs between decays.
+    lr_schedule: 'step' (lr_decay_rate every lr_decay_epochs) or 'cyclic' (0 -> learning_rate
+      at 40% of the run -> 0 at its end); see aad_tf/schedules.py.
     momentum: for sgd / rmsprop.
+    weight_decay: decoupled weight decay of the optimizer (Keras's `weight_decay`: every step
+      multiplies each variable by 1 - learning_rate * weight_decay); 0: none.
     augment: None or 'pad_crop_flip'.
     seed: seeds weights, data order and attacks.
     defense: the DefenseConfig.
@@ -99,6 +106,7 @@ class TrainConfig:
   download: bool = False
   model: str = 'lenet'
   keep_prob: float = 0.5
+  model_width: Optional[int] = None
   batch_size: int = 100
   epochs: float = 5
   train_steps: Optional[int] = None
@@ -106,7 +114,9 @@ class TrainConfig:
   learning_rate: float = 1e-3
   lr_decay_rate: float = 1.0
   lr_decay_epochs: float = 1.0
+  lr_schedule: str = 'step'
   momentum: float = 0.9
+  weight_decay: float = 0.0
   augment: Optional[str] = None
   seed: int = 0
   defense: defense_lib.DefenseConfig = defense_lib.DefenseConfig()
@@ -142,9 +152,16 @@ class TrainConfig:
         raise ValueError(f'image_size applies to streamed datasets only; '
                          f'{self.dataset} images are {info.image_shape}.')
       positive('image_size', integer=True)
-    if self.pretrained_weights and 'pretrained_weights' not in inspect.signature(
-        models.get_spec(self.model).builder).parameters:
+    builder_args = inspect.signature(models.get_spec(self.model).builder).parameters
+    if self.pretrained_weights and 'pretrained_weights' not in builder_args:
       raise ValueError(f'model {self.model!r} takes no pretrained_weights.')
+    if self.model_width is not None:
+      if 'width' not in builder_args:
+        raise ValueError(f'model {self.model!r} takes no model_width.')
+      positive('model_width', integer=True)
+    if self.lr_schedule not in schedules.SCHEDULES:
+      raise ValueError(f'lr_schedule must be one of {schedules.SCHEDULES}, got '
+                       f'{self.lr_schedule!r}.')
     for name in ('batch_size', 'checkpoint_every', 'keep_checkpoints', 'log_every'):
       positive(name, integer=True)
     for name in ('epochs', 'learning_rate', 'lr_decay_rate', 'lr_decay_epochs'):
@@ -155,6 +172,8 @@ class TrainConfig:
       raise ValueError(f'keep_prob must be in (0, 1], got {self.keep_prob}.')
     if not self.model_dir:
       raise ValueError('model_dir must be set.')
+    if not 0.0 <= self.weight_decay < 1.0:
+      raise ValueError(f'weight_decay must be in [0, 1), got {self.weight_decay}.')
     if self.eval_eps is not None and not 0.0 <= self.eval_eps <= 1.0:
       raise ValueError(f'eval_eps must be in [0, 1], got {self.eval_eps}.')
 
@@ -193,6 +212,8 @@ def build_classifier(config: TrainConfig) -> Tuple[keras.Model, str]:
   kwargs = {'keep_prob': config.keep_prob} if config.model == 'lenet' else {}
   if config.pretrained_weights:
     kwargs['pretrained_weights'] = config.pretrained_weights
+  if config.model_width is not None:
+    kwargs['width'] = config.model_width
   classifier = models.get_model(config.model, input_shape=config.image_shape,
                                 num_classes=info.num_classes, **kwargs)
   return classifier, models.get_spec(config.model).gradcam_layer
@@ -200,17 +221,17 @@ def build_classifier(config: TrainConfig) -> Tuple[keras.Model, str]:
 
 def build_optimizer(config: TrainConfig, num_train: Optional[int] = None
                     ) -> keras.optimizers.Optimizer:
-  """The optimizer; the learning rate decays every lr_decay_epochs epochs of num_train examples."""
-  lr = config.learning_rate
-  if config.lr_decay_rate != 1.0:
-    lr = keras.optimizers.schedules.ExponentialDecay(
-        lr, decay_steps=max(1, int(config.lr_decay_epochs * config.steps_per_epoch(num_train))),
-        decay_rate=config.lr_decay_rate, staircase=True)
+  """The optimizer, its learning rate following `config.lr_schedule` over num_train examples."""
+  lr = schedules.learning_rate(
+      config.lr_schedule, initial=config.learning_rate, total_steps=config.total_steps(num_train),
+      steps_per_epoch=config.steps_per_epoch(num_train), decay_rate=config.lr_decay_rate,
+      decay_epochs=config.lr_decay_epochs)
+  decay = config.weight_decay or None
   if config.optimizer == 'adam':
-    return keras.optimizers.Adam(lr)
+    return keras.optimizers.Adam(lr, weight_decay=decay)
   if config.optimizer == 'sgd':
-    return keras.optimizers.SGD(lr, momentum=config.momentum)
-  return keras.optimizers.RMSprop(lr, momentum=config.momentum, epsilon=1.0)
+    return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=decay)
+  return keras.optimizers.RMSprop(lr, momentum=config.momentum, epsilon=1.0, weight_decay=decay)
 
 
 def build_model(config: TrainConfig, num_train: Optional[int] = None,

@@ -16,6 +16,7 @@ from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf.models import imagenet as imagenet_models
 from aad_tf import overfitting
+from aad_tf import schedules
 from aad_tf import training
 from trainers import common_flags
 from trainers import defense_flags
@@ -28,6 +29,8 @@ def define_flags() -> None:
   flags.DEFINE_enum('model', 'lenet', list(models.available_models()), 'Classifier backbone.')
   flags.DEFINE_float('keep_prob', 0.5, 'Dropout keep probability (LeNet).', lower_bound=0.0,
                      upper_bound=1.0)
+  flags.DEFINE_integer('model_width', None, "Channels of the backbone's first stage (ResNet9: "
+                       '64 is the standard network; default: the backbone\'s).', lower_bound=1)
   flags.DEFINE_integer('batch_size', 100, 'Global batch size.', lower_bound=1)
   flags.DEFINE_float('epochs', 5, 'Training epochs (unless --train_steps).', lower_bound=0.0)
   flags.DEFINE_enum('optimizer', 'adam', list(training.OPTIMIZERS), 'Optimizer.')
@@ -36,7 +39,12 @@ def define_flags() -> None:
                      lower_bound=0.0)
   flags.DEFINE_float('lr_decay_epochs', 1.0, 'Epochs between learning-rate decays.',
                      lower_bound=0.0)
+  flags.DEFINE_enum('lr_schedule', 'step', list(schedules.SCHEDULES),
+                    'step: --lr_decay_rate every --lr_decay_epochs; cyclic: 0 -> --learning_rate '
+                    'at 40% of the run -> 0 at its end (fast adversarial training).')
   flags.DEFINE_float('momentum', 0.9, 'Momentum for sgd and rmsprop.', lower_bound=0.0)
+  flags.DEFINE_float('weight_decay', 0.0, 'Decoupled weight decay of the optimizer (0: none).',
+                     lower_bound=0.0)
   flags.DEFINE_enum('augment', 'none', ['none', 'pad_crop_flip', 'inception_crop_flip'],
                     'Training augmentation: pad_crop_flip (CIFAR-10), inception_crop_flip '
                     '(ImageNet random-resized crop and flip).')
@@ -138,10 +146,11 @@ def config_from_flags() -> training.TrainConfig:
     config = training.TrainConfig(
         model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         data_source=FLAGS.data_source, download=FLAGS.download, model=model_from_flags(),
-        keep_prob=FLAGS.keep_prob, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+        keep_prob=FLAGS.keep_prob, model_width=FLAGS.model_width, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
         train_steps=FLAGS.train_steps, optimizer=FLAGS.optimizer,
         learning_rate=FLAGS.learning_rate, lr_decay_rate=FLAGS.lr_decay_rate,
-        lr_decay_epochs=FLAGS.lr_decay_epochs, momentum=FLAGS.momentum,
+        lr_decay_epochs=FLAGS.lr_decay_epochs, lr_schedule=FLAGS.lr_schedule, momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
         augment=None if FLAGS.augment == 'none' else FLAGS.augment, seed=FLAGS.seed,
         defense=defense, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every,
