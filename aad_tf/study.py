@@ -1,13 +1,16 @@
-"""The AAD screen (issue 12): one table of (scaling, alpha, beta) runs beside their Madry baseline.
+"""The AAD screens: one table of (scaling, alpha, beta) runs beside their Madry baseline.
 
-    rows = study.load_screen('runs/aad_study')
-    print(study.screen_table(rows))
+    rows = study.load_screen(runs.runs_root('aad_study'))                # MNIST (issue 12)
+    rows = study.load_screen(runs.runs_root('cifar10_study'), study.CIFAR10)  # CIFAR-10 (issue 24)
+    print(study.screen_table(rows, study.CIFAR10))
 
 A screen run is a `trainers.main` directory whose `screen/robustness.json` holds the screen's
-attacks (clean, PGD-100, APGD-CE, Square, worst case) and whose `eval.json` holds the aad/*
-diagnostics of `summaries.TrainSummaries` (mean over the run's logs, and the last log). The
-baseline is a Madry run's `screen_step600/robustness.json` (its step-600 checkpoint, the same
-budget as a one-epoch screen run).
+attacks and whose `eval.json` holds the aad/* diagnostics of `summaries.TrainSummaries` (mean over
+the run's logs, and the last log). Where the baseline and the runs lie is the study's `Layout`:
+MNIST (docs/results/aad_study.sh) compares `screen_*` runs (1 epoch) with a Madry run's
+`screen_step600/robustness.json` (its step-600 checkpoint, the same budget); CIFAR-10
+(docs/results/cifar10_study.sh) compares the seed-0 runs `aad_*_s0` with `madry_s0`, all at the
+recipe's full budget.
 """
 
 import dataclasses
@@ -17,6 +20,28 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 SCREEN_ATTACKS = ('clean', 'pgd100', 'apgd_ce', 'square', 'worst_case')
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where a screen's runs lie and what it shows.
+
+  Attributes:
+    baseline: glob (relative to the runs directory) of the baseline's evaluation directories.
+    runs: glob of the screened runs' directories.
+    attacks: the table's accuracy columns.
+    eps: the eps as written in the table's title.
+  """
+  baseline: str
+  runs: str
+  attacks: Sequence[str]
+  eps: str
+
+
+MNIST = Layout(baseline='*/screen_step600', runs='screen_*', attacks=SCREEN_ATTACKS, eps='0.3')
+CIFAR10 = Layout(baseline='madry_s0/screen', runs='aad_*_s0',
+                 attacks=('clean', 'pgd100', 'apgd_ce', 'worst_case'), eps='8/255')
+LAYOUTS = {'mnist': MNIST, 'cifar10': CIFAR10}
 DIAGNOSTICS = ('grad_ratio_rect', 'grad_ratio_pres', 'cos_rect', 'cos_pres', 'map_max',
                'area_fraction', 'empty_area_fraction')
 
@@ -72,10 +97,11 @@ def load_row(run_dir: str, screen_subdir: str = 'screen') -> Optional[ScreenRow]
       diagnostics_last={k: v for k, v in history[-1].items() if k != 'step'})
 
 
-def load_screen(runs_dir: str) -> List[ScreenRow]:
-  """The baseline rows (`*/screen_step600`) then every `screen_*` run of `runs_dir`, by name."""
-  rows = [load_row(d, 'screen_step600') for d in sorted(glob.glob(os.path.join(runs_dir, '*')))]
-  rows += [load_row(d) for d in sorted(glob.glob(os.path.join(runs_dir, 'screen_*')))]
+def load_screen(runs_dir: str, layout: Layout = MNIST) -> List[ScreenRow]:
+  """The baseline rows then every screened run of `runs_dir` (by name) that has its evaluation."""
+  baselines = sorted(glob.glob(os.path.join(runs_dir, layout.baseline)))
+  rows = [load_row(os.path.dirname(d), os.path.basename(d)) for d in baselines]
+  rows += [load_row(d) for d in sorted(glob.glob(os.path.join(runs_dir, layout.runs)))]
   return [r for r in rows if r is not None]
 
 
@@ -100,10 +126,10 @@ def _pct(value: Optional[float]) -> str:
   return '-' if value is None else f'{100 * value:.1f}'
 
 
-def screen_table(rows: Sequence[ScreenRow]) -> str:
+def screen_table(rows: Sequence[ScreenRow], layout: Layout = MNIST) -> str:
   """Markdown: accuracy (%), worst-case difference to the baseline, and the diagnostics."""
   baseline = next((r for r in rows if r.scaling == '-'), None)
-  head = ['run', 'scaling', 'alpha', 'beta', *SCREEN_ATTACKS, 'worst - Madry',
+  head = ['run', 'scaling', 'alpha', 'beta', *layout.attacks, 'worst - Madry',
           'ratio rect (mean / last)', 'ratio pres (mean / last)', 'area (last)',
           'empty maps (last)']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -114,7 +140,7 @@ def screen_table(rows: Sequence[ScreenRow]) -> str:
     m, last = r.diagnostics_mean, r.diagnostics_last
     ratio = lambda k: ('-' if k not in m else f'{m[k]:.3f} / {last.get(k, float("nan")):.3f}')
     cells = [r.name, r.scaling, f'{r.alpha:g}', f'{r.beta:g}',
-             *[_pct(r.accuracy.get(a)) for a in SCREEN_ATTACKS], delta,
+             *[_pct(r.accuracy.get(a)) for a in layout.attacks], delta,
              ratio('grad_ratio_rect'), ratio('grad_ratio_pres'),
              '-' if 'area_fraction' not in last else f'{last["area_fraction"]:.2f}',
              '-' if 'empty_area_fraction' not in last else f'{last["empty_area_fraction"]:.2f}']

@@ -118,3 +118,20 @@ def test_binary_writes_tables_json_and_copies(tmp_path):
   bad = subprocess.run([sys.executable, '-m', 'trainers.collect_results', '--row=madry'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and 'must look like' in bad.stderr
+
+
+def test_paired_table_pairs_runs_by_seed(tmp_path):
+  base = [make_run(tmp_path / f'madry_s{k}', k, suite={'clean': c, 'worst_case': w})
+          for k, (c, w) in enumerate([(0.60, 0.30), (0.70, 0.40), (0.65, 0.35)])]
+  aad = [make_run(tmp_path / f'aad_s{k}', k, suite={'clean': c, 'worst_case': w})
+         for k, (c, w) in enumerate([(0.61, 0.31), (0.70, 0.42), (0.64, 0.36)])]
+  rows = [results.parse_row('madry=' + ','.join(map(str, base))),
+          results.parse_row('madry_aad=' + ','.join(map(str, aad)))]
+  table = results.paired_table(*rows)
+  # Differences +1, +2, +1 points: mean +1.33, sd 0.58 (pairing removes the seeds' own spread,
+  # which is 5 points here).
+  assert '| worst_case | +1.0 | +2.0 | +1.0 | +1.33 | 0.58 |' in table
+  assert '| clean | +1.0 | +0.0 | -1.0 | +0.00 | 1.00 |' in table
+  assert 'aad_s0 - madry_s0' in table.splitlines()[0]
+  assert 'paired by seed' in results.format_report(rows)
+  assert results.paired_table(rows[0], results.parse_row(f'madry_aad={aad[0]}')) == ''

@@ -72,3 +72,17 @@ def test_runs_root_follows_the_environment(monkeypatch, tmp_path):
   assert runs.runs_root('aad_study') == os.path.join(str(tmp_path), 'aad_study')
   monkeypatch.delenv('AAD_TF_RUNS')
   assert runs.runs_root() == os.path.expanduser('~/aad-tf-runs')
+
+
+def test_cifar10_layout_compares_seed_zero_runs_with_madry_s0(tmp_path):
+  root = str(tmp_path)
+  fake_run(root, 'madry_s0', aad=False, worst=0.30)
+  fake_run(root, 'madry_s1', aad=False, worst=0.90)  # a confirm seed: not the screen's baseline
+  fake_run(root, 'aad_none_a0.01_b0.01_s0', aad=True, worst=0.32, scaling='none', alpha=0.01,
+           beta=0.01)
+  fake_run(root, 'aad_none_a0.01_b0.01_s1', aad=True, worst=0.95)  # confirm seed: left out
+  rows = study.load_screen(root, study.CIFAR10)
+  assert [r.name for r in rows] == ['madry_s0', 'aad_none_a0.01_b0.01_s0']
+  lines = study.screen_table(rows, study.CIFAR10).splitlines()
+  assert 'square' not in lines[0] and '| +2.0 |' in lines[3]
+  assert study.load_screen(root) == []  # the MNIST layout finds none of these

@@ -39,7 +39,10 @@ PAPER_TABLE6 = {
 ROW_LABELS = {'raw': 'RAW', 'madry': 'Madry adv', 'madry_aad': 'Madry adv + AAD',
               'alp': 'Kannan ALP', 'alp_aad': 'Kannan ALP + AAD'}
 A3_COLUMNS = ('stepll', 'stepll_a3', 'iter_stepll', 'iter_stepll_a3', 'pgd10', 'pgd_a3')
-STRONG_COLUMNS = ('apgd_ce', 'apgd_dlr', 'square', 'adaptive', 'worst_case')
+STRONG_COLUMNS = ('apgd_ce', 'apgd_dlr', 'apgd_t', 'square', 'adaptive', 'worst_case')
+# Every column the paired table may show, in this order (those both rows of a pair have).
+PAIRED_COLUMNS = ('clean', 'fgsm', 'pgd10', 'pgd20', 'pgd40', 'pgd100', 'cw100', 'apgd_ce',
+                  'apgd_dlr', 'apgd_t', 'square', 'adaptive', 'pgd_a3', 'worst_case')
 CLOSING_COLUMNS = ('clean', 'fgsm', 'pgd20', 'worst_case')
 
 
@@ -265,6 +268,30 @@ def difference_table(rows: Sequence[Row], source: str = 'suite',
   return '\n'.join(lines)
 
 
+def paired_table(base: Row, aad: Row, source: str = 'suite',
+                 columns: Sequence[str] = PAIRED_COLUMNS) -> str:
+  """Markdown: per metric, AAD - base for each seed pair, their mean and standard deviation.
+
+  The i-th run of `aad` pairs with the i-th run of `base` (the same seed: the same initial
+  weights and data order), so the seed-to-seed spread common to both cancels. '' unless both
+  rows have the same number (>= 2) of runs.
+  """
+  if len(base.runs) != len(aad.runs) or len(base.runs) < 2:
+    return ''
+  pairs = list(zip(base.runs, aad.runs))
+  lines = ['| metric | ' + ' | '.join(f'{os.path.basename(a.model_dir.rstrip("/"))} - '
+                                      f'{os.path.basename(b.model_dir.rstrip("/"))}'
+                                      for b, a in pairs) + ' | paired mean | sd |',
+           '|---|' + '---|' * (len(pairs) + 2)]
+  for c in columns:
+    if not all(c in b.accuracy(source) and c in a.accuracy(source) for b, a in pairs):
+      continue
+    d = np.array([a.accuracy(source)[c] - b.accuracy(source)[c] for b, a in pairs])
+    lines.append(f'| {c} | ' + ' | '.join(f'{v:+.1f}' for v in d) +
+                 f' | {d.mean():+.2f} | {d.std(ddof=1):.2f} |')
+  return '\n'.join(lines) if len(lines) > 2 else ''
+
+
 def format_report(rows: Sequence[Row], dataset: str | None = None) -> str:
   """Every table: the paper grid, A^3, strong attacks + worst case, closing eval, runs."""
   if not rows:
@@ -289,6 +316,13 @@ def format_report(rows: Sequence[Row], dataset: str | None = None) -> str:
       blocks += ['AAD minus the adversarial training it sits on (points; mean over seeds; '
                  'binomial standard error of one accuracy near 90% on 1000 images: about 1 point):',
                  differences]
+    by_key = {row.key: row for row in rows}
+    for key, row in by_key.items():
+      paired = (paired_table(by_key[key[:-len('_aad')]], row)
+                if key.endswith('_aad') and key[:-len('_aad')] in by_key else '')
+      if paired:
+        blocks += [f'{row.label} minus {by_key[key[:-len("_aad")]].label}, paired by seed '
+                   f'(points; sd over the pairs):', paired]
   if n_closing:
     blocks += [f'Closing evaluation of `trainers.main`, first {n_closing} test images:',
                grid_table(rows, dataset, 'closing', CLOSING_COLUMNS, with_paper=False)]
