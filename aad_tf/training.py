@@ -72,7 +72,9 @@ class TrainConfig:
     lr_decay_rate: multiply the learning rate by this every lr_decay_epochs (1 = constant).
     lr_decay_epochs: epochs between decays.
     lr_schedule: 'step' (lr_decay_rate every lr_decay_epochs) or 'cyclic' (0 -> learning_rate
-      at 40% of the run -> 0 at its end); see aad_tf/schedules.py.
+      at 40% of the run -> 0 at its end); see aad_tf/schedules.py. A schedule follows the
+      optimizer's step, so a resume continues it; a resume with a larger budget (epochs,
+      train_steps) stretches the cyclic schedule to the new end from the step reached.
     momentum: for sgd / rmsprop.
     weight_decay: decoupled weight decay of the optimizer (Keras's `weight_decay`: every step
       multiplies each variable by 1 - learning_rate * weight_decay); 0: none.
@@ -455,7 +457,7 @@ def train(config: TrainConfig,
         write_dir, model.classifier, model.optimizer,
         max_to_keep=config.keep_checkpoints if chief else 1, restore_directory=checkpoint_dir)
     start = checkpointer.restore()
-    if start and config.lr_decay_rate == 1.0:
+    if start and config.lr_schedule == 'step' and config.lr_decay_rate == 1.0:
       # The checkpoint restores the learning-rate variable too; the run's flags win, so that a
       # resumed run can be continued at a new constant rate. The variable is float32: compare
       # at float32 precision, or every resume reports 0.001 replaced by 0.001.

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 
+from aad_tf import data as data_lib
+from aad_tf import defenses
 from aad_tf import schedules
 from aad_tf import training
 
@@ -56,3 +58,18 @@ def test_train_config_builds_the_schedule_width_and_weight_decay(tmp_path):
 def test_train_config_rejects_bad_recipe_fields(tmp_path, kwargs, message):
   with pytest.raises(ValueError, match=message):
     training.TrainConfig(model_dir=str(tmp_path), **kwargs)
+
+
+def test_a_cyclic_run_resumes_on_its_schedule(tmp_path):
+  """A resume must not try to set the scheduled rate (Keras refuses) and continues the cycle."""
+  rng = np.random.default_rng(0)
+  x = rng.random((40, 28, 28, 1), dtype=np.float32)
+  y = rng.integers(0, 10, 40).astype(np.int32)
+  arrays = data_lib.Arrays(x_train=x, y_train=y, x_test=x, y_test=y)
+  base = dict(model_dir=str(tmp_path), optimizer='sgd', learning_rate=0.05, lr_schedule='cyclic',
+              batch_size=20, checkpoint_every=1, defense=defenses.DefenseConfig(defense='none'))
+  training.train(training.TrainConfig(train_steps=2, **base), arrays)
+  resumed = training.train(training.TrainConfig(train_steps=4, **base), arrays)
+  assert int(resumed.optimizer.iterations.numpy()) == 4
+  # The rate after 4 steps of a 4-step cycle: past its end, 0 (a constant rate would be 0.05).
+  assert float(resumed.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)

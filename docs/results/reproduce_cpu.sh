@@ -1,7 +1,7 @@
 #!/bin/bash
 # Reproduces docs/results at the CPU budget (issue 7): trains every MNIST row and seed with the
-# flags/mnist_*_cpu.cfg flagfiles and the CIFAR-10 Madry / Madry+AAD pair with
-# flags/cifar10_*_cpu.cfg, runs the robustness suite on each, then rebuilds the tables.
+# flags/mnist_*_cpu.cfg flagfiles, runs the robustness suite on each, then rebuilds the tables.
+# The CIFAR-10 study (flags/cifar10_*_cpu.cfg) has its own script: docs/results/cifar10_study.sh.
 #
 #   docs/results/reproduce_cpu.sh                 # every run in order, then the tables
 #   docs/results/reproduce_cpu.sh mnist_alp_cpu_s0 mnist_madry_cpu_s1   # only these runs
@@ -11,9 +11,7 @@
 # last checkpoint). Run from the repository root; DATA defaults to ../shared/data, RUNS to
 # $AAD_TF_RUNS (default ~/aad-tf-runs, outside the checkout, so a new session resumes the runs).
 # Two invocations with disjoint runs can share a machine (each with TF_NUM_INTRAOP_THREADS=1 on
-# 2 cores, as docs/results did). Cost on a 2-core CPU: about 2.5 h for MNIST (7 models + 7
-# suites), about 1 h for the CIFAR-10 pair (a reduced attack set: the whole suite on ResNet9 would
-# take over 10 CPU-hours per model on 1000 images).
+# 2 cores, as docs/results did). Cost on a 2-core CPU: about 2.5 h (7 models + 7 suites).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-${AAD_TF_RUNS:-$HOME/aad-tf-runs}}
@@ -21,7 +19,6 @@ export TF_CPP_MIN_LOG_LEVEL=2
 GRID=clean,fgsm,pgd10,pgd20,pgd40,pgd100,cw10,cw20,cw40,cw100
 MNIST_RUNS="mnist_raw_cpu_s0 mnist_madry_cpu_s0 mnist_madry_aad_cpu_s0 mnist_alp_cpu_s0
             mnist_alp_aad_cpu_s0 mnist_madry_cpu_s1 mnist_madry_aad_cpu_s1"
-CIFAR_RUNS="cifar10_madry_cpu_s0 cifar10_madry_aad_cpu_s0"
 
 mnist_run() {  # train, closing eval on 2000, full suite on 0-999, paper grid on 1000-1999
   local run=$1 dir=$RUNS/$1 row seed
@@ -35,15 +32,6 @@ mnist_run() {  # train, closing eval on 2000, full suite on 0-999, paper grid on
     --attacks=$GRID --nodiagnostics --output_dir=$dir/grid_1000_2000
 }
 
-cifar_run() {  # train, closing eval on 200, a reduced suite on 0-999 (see docs/results/README.md)
-  local run=$1 dir=$RUNS/$1 row seed
-  row=${run#cifar10_}; row=${row%_cpu_s*}; seed=${run##*_s}
-  [ -f $dir/eval.json ] || python -m trainers.main --flagfile=flags/cifar10_${row}_cpu.cfg \
-    --data_dir="$DATA" --model_dir=$dir --seed=$seed --eval_examples=200
-  [ -f $dir/robustness.json ] || python -m trainers.evaluate --model_dir=$dir --data_dir="$DATA" \
-    --eval_examples=1000 --attacks=${CIFAR_ATTACKS:-clean,fgsm,pgd10,cw10} --nodiagnostics
-}
-
 tables() {
   python -m trainers.collect_results --dataset=mnist --output_dir=docs/results/mnist_cpu \
     --grid_subdirs=grid_1000_2000 \
@@ -51,16 +39,13 @@ tables() {
     --row=madry=$RUNS/mnist_madry_cpu_s0,$RUNS/mnist_madry_cpu_s1 \
     --row=madry_aad=$RUNS/mnist_madry_aad_cpu_s0,$RUNS/mnist_madry_aad_cpu_s1 \
     --row=alp=$RUNS/mnist_alp_cpu_s0 --row=alp_aad=$RUNS/mnist_alp_aad_cpu_s0
-  python -m trainers.collect_results --dataset=cifar10 --output_dir=docs/results/cifar10_cpu \
-    --row=madry=$RUNS/cifar10_madry_cpu_s0 --row=madry_aad=$RUNS/cifar10_madry_aad_cpu_s0
 }
 
-if [ $# -eq 0 ]; then set -- $MNIST_RUNS $CIFAR_RUNS tables; fi
+if [ $# -eq 0 ]; then set -- $MNIST_RUNS tables; fi
 for run in "$@"; do
   case $run in
     mnist_*) mnist_run $run ;;
-    cifar10_*) cifar_run $run ;;
     tables) tables ;;
-    *) echo "unknown run '$run' (mnist_<row>_cpu_s<seed>, cifar10_<row>_cpu_s<seed> or tables)" >&2; exit 2 ;;
+    *) echo "unknown run '$run' (mnist_<row>_cpu_s<seed> or tables; CIFAR-10: docs/results/cifar10_study.sh)" >&2; exit 2 ;;
   esac
 done

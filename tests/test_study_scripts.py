@@ -1,0 +1,60 @@
+"""The study scripts keep their runs under $AAD_TF_RUNS and resume what they find there.
+
+A new session lays the checkout anew; the runs live outside it. These tests run the real script
+(docs/results/cifar10_study.sh) at a tiny budget from a copy of the checkout, as a new session
+would, and check that a finished run is not retrained and an unfinished one resumes.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('--train_steps=2 --batch_size=8 --eval_examples=4 --eval_attacks=clean '
+        '--summary_images=0 --checkpoint_every=1 --overfit_guard=off')
+
+
+def checkout_copy(path):
+  """A copy of the checkout's scripts, flags and code, as a new session's checkout."""
+  for name in ('aad_tf', 'trainers', 'flags', 'docs/results'):
+    shutil.copytree(os.path.join(ROOT, name), os.path.join(path, name),
+                    ignore=shutil.ignore_patterns('__pycache__', '*.json', '*.png', '*.md'))
+  return str(path)
+
+
+def study(checkout, runs_root, data_dir, *args):
+  env = dict(os.environ, AAD_TF_RUNS=str(runs_root), EXTRA=TINY, EVAL_EXAMPLES='4',
+             DATA=str(data_dir), TF_NUM_INTRAOP_THREADS='1',
+             TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('RUNS', None)
+  result = subprocess.run([os.path.join(checkout, 'docs/results/cifar10_study.sh'), *args],
+                          cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr
+
+
+def test_cifar10_study_resumes_from_aad_tf_runs_in_a_new_checkout(tmp_path, shared_data_dir):
+  runs_root = tmp_path / 'aad-tf-runs'
+  first = checkout_copy(tmp_path / 'checkout1')
+  study(first, runs_root, shared_data_dir, 'madry_s0')
+  run = runs_root / 'cifar10_study' / 'madry_s0'
+  assert (run / 'eval.json').exists() and (run / 'screen' / 'robustness.json').exists()
+  finished = (run / 'eval.json').stat().st_mtime_ns
+
+  # A new checkout, the same $AAD_TF_RUNS: `resume` finds the run and neither trains nor
+  # evaluates it again.
+  second = checkout_copy(tmp_path / 'checkout2')
+  log = study(second, runs_root, shared_data_dir, 'resume')
+  assert 'resuming under' in log and 'madry_s0' in log
+  assert 'Training cifar10' not in log and 'Running ' not in log
+  assert (run / 'eval.json').stat().st_mtime_ns == finished
+
+  # A run killed before its end (no eval.json, an evaluation missing) resumes from its last
+  # checkpoint (here the last step: nothing left to train), not from step 0.
+  (run / 'eval.json').unlink()
+  shutil.rmtree(run / 'screen')
+  log = study(second, runs_root, shared_data_dir, 'resume')
+  assert 'Run already complete (step 2 of 2)' in log and 'from step 0' not in log
+  assert (run / 'screen' / 'robustness.json').exists()
