@@ -11,7 +11,6 @@ a run back (aad_tf/runs.py opens a run for the other binaries). What `train` wri
     config.json       the resolved TrainConfig (`TrainConfig.to_json`)
 """
 
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -31,6 +30,7 @@ from aad_tf import defenses as defense_lib
 from aad_tf import distribute
 from aad_tf import files
 from aad_tf import models
+from aad_tf import precision
 from aad_tf import summaries
 
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
@@ -80,10 +80,14 @@ class TrainConfig:
     image_size: input height and width for streamed datasets (ImageNet: 224); None: the
       dataset's default.
     manual_dir: where ImageNet's manual-download tar files are (see data.imagenet_builder).
-    mixed_precision: compute in bfloat16, keep variables in float32 ('mixed_bfloat16'). bfloat16
-      rather than float16: it needs no loss scaling (so no skipped steps that would shift the data
-      position of a resumed run) and keeps float32's range for Grad-CAM's inner gradient, which
-      no loss scale protects.
+    mixed_precision: 'float32', 'bfloat16' (compute in bfloat16, keep variables in float32:
+      'mixed_bfloat16') or 'auto' (bfloat16 where the hardware has it, see aad_tf.precision;
+      `train` resolves it and config.json records the choice; a resumed 'auto' run keeps its
+      recorded choice). The bools of older config.json files read as bfloat16 (True) and
+      float32 (False). bfloat16 rather than float16: it needs no loss scaling (so no skipped
+      steps that would shift the data position of a resumed run) and keeps float32's range for
+      Grad-CAM's inner gradient, which no loss scale protects. Evaluation and export are float32
+      whatever this says (precision.float32_copy).
     jit_compile: compile the train step with XLA; None lets Keras decide. XLA is off under
       several replicas and under `deterministic` (see distribute.resolve_jit_compile).
     deterministic: deterministic TF ops and seeds, so that a resumed run ends with the same
@@ -116,7 +120,7 @@ class TrainConfig:
   pretrained_weights: Optional[str] = None
   image_size: Optional[int] = None
   manual_dir: Optional[str] = None
-  mixed_precision: bool = False
+  mixed_precision: str = 'float32'
   jit_compile: Optional[bool] = None
   deterministic: bool = False
   eval_eps: Optional[float] = None
@@ -129,6 +133,8 @@ class TrainConfig:
         raise ValueError(f'{name} must be {kind}, got {value!r}.')
     info = data_lib.get_info(self.dataset)
     models.get_spec(self.model)
+    # Frozen: normalised in place, so that config.json never holds the bools of older versions.
+    object.__setattr__(self, 'mixed_precision', precision.normalize(self.mixed_precision))
     if self.data_source not in ('auto', 'npz', 'tfds'):
       raise ValueError(f"data_source must be 'auto', 'npz' or 'tfds', got {self.data_source!r}.")
     if self.optimizer not in OPTIMIZERS:
@@ -217,11 +223,13 @@ def build_model(config: TrainConfig, num_train: Optional[int] = None,
                 strategy: Optional[tf.distribute.Strategy] = None) -> defense_lib.AADModel:
   """The compiled AADModel of `config`, its variables created under `strategy` (default: none).
 
-  Its layers compute in bfloat16 when `config.mixed_precision` (variables stay float32).
+  Its layers compute in bfloat16 when `config.mixed_precision` resolves to 'bfloat16'
+  (variables stay float32).
   """
   strategy = strategy or tf.distribute.get_strategy()
   jit = distribute.resolve_jit_compile(config.jit_compile, strategy, config.deterministic)
-  with strategy.scope(), _dtype_policy('mixed_bfloat16' if config.mixed_precision else None):
+  policy = precision.keras_policy(config.mixed_precision)
+  with strategy.scope(), precision.dtype_policy(policy):
     classifier, layer = build_classifier(config)
     model = defense_lib.AADModel(classifier, layer, config.defense, seed=config.seed)
     model.compile(optimizer=build_optimizer(config, num_train),
@@ -230,16 +238,24 @@ def build_model(config: TrainConfig, num_train: Optional[int] = None,
   return model
 
 
-@contextlib.contextmanager
-def _dtype_policy(name: Optional[str]):
-  """Sets Keras's global dtype policy to `name` (None: unchanged) while layers are built."""
-  previous = keras.config.dtype_policy()
-  if name is not None:
-    keras.config.set_dtype_policy(name)
-  try:
-    yield
-  finally:
-    keras.config.set_dtype_policy(previous)
+def resolve_precision(config: TrainConfig) -> TrainConfig:
+  """`config` with mixed_precision 'auto' resolved: the run's recorded choice, else the hardware's.
+
+  A run that already has a config.json keeps the precision recorded there (resolved when it
+  started), so a resume on another machine trains on as it began; a new run asks
+  `precision.resolve('auto')`. An explicit 'float32' or 'bfloat16' is kept as it is.
+  """
+  if config.mixed_precision != 'auto':
+    return config
+  path = os.path.join(config.model_dir, 'config.json')
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      recorded = json.load(f).get('mixed_precision')
+    if recorded is not None and precision.normalize(recorded) != 'auto':
+      chosen = precision.normalize(recorded)
+      logging.info('--mixed_precision=auto: %s, as recorded in %s.', chosen, path)
+      return dataclasses.replace(config, mixed_precision=chosen)
+  return dataclasses.replace(config, mixed_precision=precision.resolve('auto'))
 
 
 class ConfigChangeError(ValueError):
@@ -423,6 +439,7 @@ def train(config: TrainConfig,
   if chief:  # Before building anything.
     checkpointing.check_writable(config.model_dir)
     differences = check_resume(config, allow_config_change)
+  config = resolve_precision(config)
   if config.deterministic:
     distribute.enable_determinism(config.seed)
   keras.utils.set_random_seed(config.seed)
