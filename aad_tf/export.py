@@ -23,6 +23,10 @@ Inputs:
 `export_keras` writes the classifier as a `.keras` file loadable with
 `keras.models.load_model(path, safe_mode=True)` (no Lambda layers or pickled code).
 
+Both export a float32 classifier whatever it was trained in: a classifier built under the
+'mixed_bfloat16' policy is exported as its `precision.float32_copy` (same weights, every layer
+float32), so a server or an evaluator sees float32 inputs, float32 compute and float32 logits.
+
 The SavedModel is written next to its destination and renamed into place, so a model server
 watching the parent directory (TF Serving's `<base>/<version>` layout) never sees half a model.
 """
@@ -36,6 +40,7 @@ from absl import logging
 
 from aad_tf import defenses as defense_lib
 from aad_tf import gradcam as gradcam_lib
+from aad_tf import precision
 
 INPUT_NAME = 'images'
 SIGNATURES = ('serving_default', 'attention')
@@ -108,6 +113,7 @@ def export_saved_model(classifier: keras.Model, gradcam_layer: str, export_dir: 
     export_dir.
   """
   spec = input_signature(classifier)
+  classifier = precision.float32_copy(classifier)
   archive = keras.export.ExportArchive()
   archive.track(classifier)
   for name, fn in serving_functions(classifier, gradcam_layer).items():
@@ -134,8 +140,9 @@ def export_saved_model(classifier: keras.Model, gradcam_layer: str, export_dir: 
 
 
 def export_keras(classifier: keras.Model, path: str) -> str:
-  """Saves the classifier as a `.keras` archive (atomically)."""
+  """Saves the classifier, computing in float32, as a `.keras` archive (atomically)."""
   image_shape_of(classifier)
+  classifier = precision.float32_copy(classifier)
   if not path.endswith('.keras'):
     raise ValueError(f'A Keras archive path must end in .keras, got {path!r}.')
   parent = os.path.dirname(path)
@@ -152,6 +159,7 @@ def export_all(classifier: keras.Model, gradcam_layer: str, model_dir: str) -> s
   """The run's standard export: `<model_dir>/export/saved_model` and `export/model.keras`."""
   export_root = os.path.join(model_dir, 'export')
   tf.io.gfile.makedirs(export_root)
+  classifier = precision.float32_copy(classifier)  # once for both files
   export_saved_model(classifier, gradcam_layer, os.path.join(export_root, 'saved_model'))
   export_keras(classifier, os.path.join(export_root, 'model.keras'))
   return export_root

@@ -140,14 +140,21 @@ def full_precision(t: tf.Tensor) -> tf.Tensor:
 
 
 def normalize_cam(cam: tf.Tensor, epsilon: float = MAX_EPSILON) -> tf.Tensor:
-  """Scales each map [B, h, w] into [0, 1] by its maximum (differentiable; zero stays zero)."""
+  """Scales each map [B, h, w] into [0, 1] by its maximum (differentiable; zero stays zero).
+
+  Computed in float32 for bfloat16 maps (mixed precision): a bfloat16 quotient keeps 8 bits.
+  """
+  cam = full_precision(cam)
   peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
   return cam / (peak + epsilon)
 
 
 def attention_area(cam: tf.Tensor, *, kappa: Union[str, float] = 'mean',
                    top_k: Optional[Union[int, tf.Tensor]] = None) -> tf.Tensor:
-  """Binary attention area Att(x) (paper Eq. 3): {0, 1} [B, h, w] in the dtype of `cam`.
+  """Binary attention area Att(x) (paper Eq. 3): {0, 1} [B, h, w], float32 (float64 for float64).
+
+  The map and its threshold are compared in float32 even for a bfloat16 map: a bfloat16 mean
+  rounds to 8 bits and can drop to the level of cells below the true mean, which then pass.
 
   Args:
     cam: Grad-CAM maps [B, h, w].

@@ -109,7 +109,15 @@ def training_recipe(config: Dict[str, Any]) -> Dict[str, Any]:
           'attack': attack, 'optimizer': config['optimizer'],
           'learning_rate': config['learning_rate'], 'batch_size': config['batch_size'],
           'train_steps': steps, 'epochs': config['epochs'], 'augment': config.get('augment'),
-          'seed': config['seed'], 'mixed_precision': config.get('mixed_precision', False)}
+          'seed': config['seed'], 'mixed_precision': config.get('mixed_precision', False),
+          # What the weights were trained in, and what the export and evaluation compute in.
+          'training_precision': training_precision(config.get('mixed_precision', False)),
+          'precision': 'float32'}
+
+
+def training_precision(recorded) -> str:
+  """config.json's mixed_precision as 'float32' or 'bfloat16' (older runs recorded a bool)."""
+  return 'bfloat16' if recorded in (True, 'bfloat16', 'true') else 'float32'
 
 
 def _autoattack_version(robustness: Dict[str, Any]) -> Optional[str]:
@@ -221,6 +229,8 @@ def render(info: Dict[str, Any]) -> str:
   data = info['data']
   lines += ['', '## Training', '', f'- recipe: {training["summary"]}',
             f'- defense: {training["defense"]}, AAD: {"yes" if training["aad"] else "no"}',
+            f'- precision: trained in {training["training_precision"]}; the exported model and '
+            f'its evaluation compute in {training["precision"]}',
             f'- data: {data["dataset"]}, {data["train_split"]} (source {data["source"]}); no '
             f'additional data'
             + (f'; started from {data["pretrained_weights"]}' if data['pretrained_weights']

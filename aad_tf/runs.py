@@ -22,6 +22,10 @@ was resumed with `--noexport` (the export is stale) or exported and then trained
   * checkpoint: the newest checkpoint that restores (a corrupt newer one is skipped, logged and
     left in place), or exactly `checkpoint`;
   * keras: export/model.keras.
+
+Precision. Whatever the run trained in (config.json's `mixed_precision`), the classifier a reader
+gets computes in float32 (`precision.float32_copy`): an attack on a bfloat16 network takes rounded
+gradients and can be masked by them. The closing evaluation attacks a float32 copy too.
 """
 
 import dataclasses
@@ -37,6 +41,7 @@ from aad_tf import checkpointing
 from aad_tf import evaluation
 from aad_tf import files
 from aad_tf import models
+from aad_tf import precision
 from aad_tf import summaries
 from aad_tf import training
 
@@ -172,7 +177,7 @@ def load_exported(path: str, *, gradcam_layer: Optional[str] = None) -> LoadedEx
       return LoadedExport(evaluation.Target.from_saved_model(path), 'saved_model', path)
     except (ValueError, OSError, tf.errors.OpError) as e:
       raise ValueError(f'Cannot load {path}: {e}') from e
-  classifier = keras.models.load_model(path, safe_mode=True, compile=False)
+  classifier = precision.float32_copy(keras.models.load_model(path, safe_mode=True, compile=False))
   layer = gradcam_layer
   if layer is None and classifier.name in models.available_models():
     layer = models.get_spec(classifier.name).gradcam_layer
@@ -201,7 +206,7 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
     checkpoint: a checkpoint path to restore (implies source 'checkpoint').
 
   Returns:
-    The LoadedRun.
+    The LoadedRun; its classifier computes in float32 whatever the run trained in.
 
   Raises:
     ValueError: not a run directory, a bad `source`, or no weights of the kind asked for.
@@ -250,7 +255,7 @@ def load_classifier(model_dir: str, *, source: str = 'auto',
     classifier = keras.models.load_model(exported, safe_mode=True, compile=False)
     origin, step = exported, None
   logging.info('Weights of %s: %s (%s).', model_dir, origin, reason)
-  return LoadedRun(config, classifier, layer, origin, step)
+  return LoadedRun(config, precision.float32_copy(classifier), layer, origin, step)
 
 
 def closing_evaluation(model, config: training.TrainConfig, dataset: tf.data.Dataset,
@@ -258,6 +263,9 @@ def closing_evaluation(model, config: training.TrainConfig, dataset: tf.data.Dat
                        guard=None, writer=None, progress: bool = False
                        ) -> Tuple[evaluation.Report, str]:
   """Evaluates the trained classifier at config.eval_eps; writes eval.json and eval/* scalars.
+
+  The attacks run on a float32 copy of the classifier (`precision.float32_copy`), whatever the
+  training precision; eval.json records both.
 
   Args:
     model: the AADModel training.train returned.
@@ -272,7 +280,8 @@ def closing_evaluation(model, config: training.TrainConfig, dataset: tf.data.Dat
   Returns:
     (the report, its Markdown table) for the binary to show.
   """
-  classifier, layer = model.classifier, models.get_spec(config.model).gradcam_layer
+  classifier = precision.float32_copy(model.classifier)
+  layer = models.get_spec(config.model).gradcam_layer
   report = evaluation.evaluate(classifier, dataset, attacks, gradcam_layer=layer,
                                seed=config.seed, progress=progress)
   table = evaluation.format_table(report, row_name=os.path.basename(config.model_dir.rstrip('/')))
@@ -280,7 +289,8 @@ def closing_evaluation(model, config: training.TrainConfig, dataset: tf.data.Dat
   step = int(model.optimizer.iterations.numpy())
   files.write_json(path, {
       'dataset': config.dataset, 'model': config.model, 'eps': config.eval_eps,
-      'seed': config.seed, **report.to_json(),
+      'seed': config.seed, 'training_precision': config.mixed_precision,
+      'evaluation_precision': 'float32', **report.to_json(),
       # This invocation only (a resumed run counts from its restart), tracing included;
       # final_step is the optimizer step the model was trained to.
       'train': {'final_step': step, 'wall_time_s': train_wall_time},

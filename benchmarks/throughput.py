@@ -2,6 +2,14 @@ r"""Training, Grad-CAM and attack throughput, measured in one run so that ratios
 
   python -m benchmarks.throughput --data_dir=../shared/data       # LeNet/MNIST and ResNet9/CIFAR-10
   python -m benchmarks.throughput --models=lenet:mnist:100 --steps=5
+  python -m benchmarks.throughput --mixed_precision=float32,bfloat16 --variants=raw,madry,madry_aad
+
+Precision (--mixed_precision, a list): each training variant and each attack (PGD-k, APGD-CE)
+is built once per precision (float32, or mixed_bfloat16 with float32 variables; the same weights)
+and all of them are timed in the same round-robin, so the bfloat16 / float32 ratios come from one
+run. The header names the CPU and its bfloat16 support (AMX, AVX512_BF16 or none: emulated, so
+slower than float32); the JSON records both. The other measurements (ratios to madry, aad/*
+diagnostics, Grad-CAM, the FLOP fractions) are those of the first precision.
 
 For each --models entry (model:dataset:batch), and for each training variant (raw, madry,
 madry+aad, alp, alp+aad at the same PGD steps), the compiled
@@ -18,6 +26,7 @@ the matmul rate; the larger of the two is reported as the machine's rate).
 """
 
 import json
+import os
 import statistics
 import time
 
@@ -29,10 +38,12 @@ from absl import flags
 from absl import logging
 
 from aad_tf import attacks
+from aad_tf.attacks import apgd as apgd_lib
 from aad_tf import data as data_lib
 from aad_tf import defenses as defense_lib
 from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
+from aad_tf import precision
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +64,11 @@ def define_flags():
                     "updates).")
   flags.DEFINE_integer('log_every', 100,
                        'The interval at which the aad/* diagnostics cost is reported.')
+  flags.DEFINE_list('mixed_precision', ['float32'],
+                    'Precisions to compare in one run: float32, bfloat16 (mixed_bfloat16) or '
+                    'auto (this machine\'s choice, see aad_tf.precision).')
+  flags.DEFINE_integer('apgd_steps', 20, 'APGD-CE iterations of the attack timing (0: skip).',
+                       lower_bound=0)
   flags.DEFINE_string('output', None, 'Optional JSON output path.')
   flags.DEFINE_enum('clock', 'auto', ['auto', 'wall', 'cpu'],
                     'Timer: process CPU time is robust to other jobs sharing a CPU-only machine; '
@@ -135,12 +151,29 @@ def make_batch(info, batch_size: int):
   return tf.constant(x), tf.constant(y)
 
 
-def build_trainer(model_name: str, variant: str, info) -> defense_lib.AADModel:
+def parse_precisions(values):
+  """--mixed_precision entries -> resolved, distinct precisions; bad ones are UsageErrors."""
+  try:
+    resolved = [precision.resolve(v) for v in values]
+  except ValueError as e:
+    raise app.UsageError(f'--mixed_precision: {e}') from e
+  return list(dict.fromkeys(resolved))
+
+
+def build_classifier(model_name: str, info, dtype: str = 'float32') -> keras.Model:
+  """The backbone in `dtype` ('float32' or 'bfloat16'), with the same weights in both."""
+  keras.utils.set_random_seed(0)
+  with precision.dtype_policy(precision.keras_policy(dtype)):
+    return models.get_model(model_name, input_shape=info.image_shape,
+                            num_classes=info.num_classes)
+
+
+def build_trainer(model_name: str, variant: str, info,
+                  dtype: str = 'float32') -> defense_lib.AADModel:
   defense, _, aad = variant.partition('_')
   aad, _, mode = aad.partition('_')
   defense = 'none' if defense == 'raw' else defense
-  classifier = models.get_model(model_name, input_shape=info.image_shape,
-                                num_classes=info.num_classes)
+  classifier = build_classifier(model_name, info, dtype)
   eps = info.eval_eps  # the registry entry's evaluation budget
   config = defense_lib.DefenseConfig(
       defense=defense, aad=aad == 'aad', attention_mode=mode or 'inference',
@@ -172,19 +205,44 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   x, y = make_batch(info, b)
   results = {'model': model_name, 'dataset': info.name, 'batch_size': b}
 
-  # Training steps, round-robin.
-  steps = {}
-  for variant in FLAGS.variants:
-    model = build_trainer(model_name, variant, info)
-    step = tf.function(model.train_step, reduce_retracing=True)
-    step((x, y))  # trace + warm up
-    steps[variant] = step
-  times = {v: [] for v in steps}
+  # Training steps and attacks of every precision, round-robin.
+  precisions = parse_precisions(FLAGS.mixed_precision)
+  eps = info.eval_eps  # the registry entry's evaluation budget
+  calls = {}
+  for dtype in precisions:
+    for variant in FLAGS.variants:
+      step = tf.function(build_trainer(model_name, variant, info, dtype).train_step,
+                         reduce_retracing=True)
+      calls[('train', variant, dtype)] = (lambda step=step: step((x, y))['loss'], FLAGS.steps)
+    attacked = build_classifier(model_name, info, dtype)
+    attacked_fn = lambda images, c=attacked: c(images, training=False)
+    calls[('attack', f'pgd{FLAGS.pgd_steps}', dtype)] = (tf.function(lambda f=attacked_fn: attacks.pgd(
+        f, x, y, eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps)), 1)
+    if FLAGS.apgd_steps:
+      calls[('attack', 'apgd_ce', dtype)] = (tf.function(lambda f=attacked_fn: apgd_lib.apgd(
+          f, x, y, eps=eps, num_steps=FLAGS.apgd_steps, seed=tf.constant([0, 0], tf.int64))), 1)
+  for fn, _ in calls.values():
+    tf.nest.map_structure(lambda t: t.numpy(), fn())  # trace + warm up
+  times = {key: [] for key in calls}
   for _ in range(FLAGS.rounds):
-    for variant, step in steps.items():
-      seconds = time_call(lambda: step((x, y))['loss'], FLAGS.steps)
-      times[variant].append(b * FLAGS.steps / seconds)
-  train = {v: statistics.median(t) for v, t in times.items()}
+    for key, (fn, repeats) in calls.items():
+      times[key].append(b * repeats / time_call(fn, repeats))
+  by_precision = {dtype: {'train_images_per_s': {}, 'attack_images_per_s': {}}
+                  for dtype in precisions}
+  for (kind, name, dtype), rates_ in times.items():
+    by_precision[dtype][f'{kind}_images_per_s'][name] = statistics.median(rates_)
+  results['precisions'] = by_precision
+  results['precision_rounds'] = {f'{kind}/{name}/{dtype}': r
+                                 for (kind, name, dtype), r in times.items()}
+  if 'float32' in by_precision and 'bfloat16' in by_precision:
+    f32, bf16 = by_precision['float32'], by_precision['bfloat16']
+    results['bfloat16_speedup'] = {
+        kind: {name: bf16[kind][name] / f32[kind][name] for name in f32[kind]}
+        for kind in ('train_images_per_s', 'attack_images_per_s')}
+  first = precisions[0]
+  steps = {v: None for v in FLAGS.variants}
+  times = {v: times[('train', v, first)] for v in FLAGS.variants}
+  train = dict(by_precision[first]['train_images_per_s'])
   results['train_images_per_s'] = train
   results['train_images_per_s_rounds'] = times
   if 'madry' in train:
@@ -200,7 +258,7 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   # The aad/* diagnostics (summaries.TrainSummaries, every --log_every steps) against a step.
   aad_variant = next((v for v in steps if v.endswith('_aad')), None)
   if aad_variant:
-    model = build_trainer(model_name, aad_variant, info)
+    model = build_trainer(model_name, aad_variant, info, first)
     diagnostics = lambda: model.aad_diagnostics(x, y)['grad_ratio_pres']
     diagnostics()  # trace
     reps = max(FLAGS.steps, 3)
@@ -217,7 +275,6 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   features = gradcam_lib.FeatureModel(classifier, models.get_spec(model_name).gradcam_layer)
   cam_fn = tf.function(lambda images, labels: gradcam_lib.gradcam(features.fn(), images, labels)[0])
   model_fn = lambda images: classifier(images, training=False)
-  eps = info.eval_eps  # the registry entry's evaluation budget
   pgd_fn = tf.function(lambda images, labels: attacks.pgd(
       model_fn, images, labels, eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps))
   fwd_fn = tf.function(lambda images: model_fn(images))
@@ -240,9 +297,30 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   return results
 
 
+def precision_table(r: dict, clock_name: str) -> str:
+  """Images per second (per CPU-second with the cpu clock) of each precision, and their ratio."""
+  names = list(r['precisions'])
+  per = 'CPU-second' if clock_name == 'cpu' else 'second'
+  ratio = 'bfloat16 / float32' if {'float32', 'bfloat16'} <= set(names) else None
+  lines = [f'| {r["model"]} (batch {r["batch_size"]}) | ' +
+           ' | '.join(f'{n} images per {per}' for n in names) + (f' | {ratio} |' if ratio else ' |'),
+           '|---|' + '---|' * (len(names) + bool(ratio))]
+  for kind, label in (('train_images_per_s', 'train step {}'), ('attack_images_per_s', '{}')):
+    for name in r['precisions'][names[0]][kind]:
+      cells = [f'{r["precisions"][n][kind][name]:.1f}' for n in names]
+      if ratio:
+        cells.append(f'{r["bfloat16_speedup"][kind][name]:.2f}x')
+      shown = (f'APGD-CE ({FLAGS.apgd_steps} iterations)' if name == 'apgd_ce' else
+               name.replace('pgd', 'PGD-'))
+      lines.append(f'| {label.format(shown)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def report(r: dict, clock_name: str) -> str:
   k = FLAGS.pgd_steps
   lines = [f'{r["model"]}/{r["dataset"]}, batch {r["batch_size"]}, PGD-{k}, {clock_name} clock',
+           precision_table(r, clock_name), '',
+           f'{next(iter(r["precisions"]))}:',
            '| variant | images/s | step time vs madry |', '|---|---|---|']
   for v, rate in r['train_images_per_s'].items():
     ratio = r.get('train_time_ratio_vs_madry', {}).get(v, float('nan'))
@@ -273,10 +351,17 @@ def main(argv):
   timer = clock()
   clock_name = 'cpu' if timer is time.process_time else 'wall'
   rates = {'matmul': matmul_flops_per_second(timer=timer), 'conv': conv_flops_per_second(timer=timer)}
-  results = {'clock': clock_name, 'pgd_steps': FLAGS.pgd_steps, 'steps': FLAGS.steps,
+  cpu = precision.read_cpuinfo()
+  results = {'cpu': {'model_name': cpu.model_name, 'bf16_support': cpu.bf16_support,
+                     'logical_cpus': os.cpu_count()},
+             'mixed_precision': parse_precisions(FLAGS.mixed_precision),
+             'apgd_steps': FLAGS.apgd_steps,
+             'clock': clock_name, 'pgd_steps': FLAGS.pgd_steps, 'steps': FLAGS.steps,
              'rounds': FLAGS.rounds, 'tensorflow': tf.__version__, 'keras': keras.__version__,
              'matmul_gflop_per_s': rates['matmul'] / 1e9, 'conv_gflop_per_s': rates['conv'] / 1e9,
              'models': []}
+  print(f'CPU: {precision.describe_cpu(cpu)}; precisions {", ".join(results["mixed_precision"])}',
+        flush=True)
   print(f'machine: matmul {rates["matmul"] / 1e9:.0f} GFLOP/s, 3x3 conv '
         f'{rates["conv"] / 1e9:.0f} GFLOP/s ({clock_name} clock), TF {tf.__version__}')
   for name, info, batch in entries:

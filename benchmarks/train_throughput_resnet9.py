@@ -1,7 +1,8 @@
 r"""ResNet9 / CIFAR-10 training throughput, Madry vs Madry + AAD at the same PGD steps, in one run.
 
   python -m benchmarks.train_throughput_resnet9 --data_dir=../shared/data
-  python -m benchmarks.train_throughput_resnet9 --mixed_precision --jit_compile   # on a GPU
+  python -m benchmarks.train_throughput_resnet9 --mixed_precision=float32,bfloat16
+  python -m benchmarks.train_throughput_resnet9 --mixed_precision=bfloat16 --jit_compile   # GPU
 
 Each variant is the real training path at the paper's CIFAR-10 settings (flags/cifar10_base.cfg:
 ResNet9, batch 100, Adam, PGD 7 x 2/255 at eps 8/255, pad-crop-flip input pipeline), built by
@@ -10,7 +11,9 @@ ResNet9, batch 100, Adam, PGD 7 x 2/255 at eps 8/255, pad-crop-flip input pipeli
 --rounds rounds of --steps steps (interleaving spreads machine noise over both); a step is timed
 from the end of the previous one, so tracing and iterator start-up are excluded. Reported: median
 images/s by wall clock and by this process's CPU time (robust to other jobs on a shared CPU
-machine), and the AAD step time relative to Madry.
+machine), and the AAD step time relative to Madry. --mixed_precision lists the precisions to
+compare: every variant is built in each (float32, or mixed_bfloat16) and all run in the same
+round-robin; the header names the CPU and its bfloat16 support (AMX, AVX512_BF16 or none).
 """
 
 import json
@@ -27,6 +30,7 @@ from absl import logging
 from aad_tf import data as data_lib
 from aad_tf import defenses as defense_lib
 from aad_tf import distribute
+from aad_tf import precision
 from aad_tf import training
 
 FLAGS = flags.FLAGS
@@ -42,7 +46,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('rounds', 3, 'Round-robin rounds.', lower_bound=1)
   flags.DEFINE_list('devices', [],
                     'Devices to mirror over (default: every visible GPU, else CPU).')
-  flags.DEFINE_bool('mixed_precision', False, 'mixed_bfloat16.')
+  flags.DEFINE_list('mixed_precision', ['float32'],
+                    'Precisions to compare in one run: float32, bfloat16 (mixed_bfloat16), auto.')
   flags.DEFINE_bool('jit_compile', None, 'XLA (default: Keras decides).')
   flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
@@ -61,12 +66,13 @@ class StepTimer(keras.callbacks.Callback):
     return w1 - w0, c1 - c0
 
 
-def variant_config(variant: str, model_dir: str) -> training.TrainConfig:
+def variant_config(variant: str, model_dir: str,
+                   dtype: str = 'float32') -> training.TrainConfig:
   defense, _, aad = variant.partition('_')
   return training.TrainConfig(
       model_dir=model_dir, dataset='cifar10', model='resnet9', batch_size=FLAGS.batch_size,
       optimizer='adam', learning_rate=1e-4, augment='pad_crop_flip',
-      mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile,
+      mixed_precision=dtype, jit_compile=FLAGS.jit_compile,
       defense=defense_lib.DefenseConfig(
           defense='none' if defense == 'raw' else defense, aad=aad == 'aad',
           attack=defense_lib.AttackConfig(eps=8 / 255, step_size=2 / 255,
@@ -87,12 +93,20 @@ def main(argv):
   del argv
   strategy = distribute.create_strategy(FLAGS.devices)
   logging.info('Strategy: %s', distribute.describe(strategy))
+  try:
+    precisions = list(dict.fromkeys(precision.resolve(p) for p in FLAGS.mixed_precision))
+  except ValueError as e:
+    raise app.UsageError(f'--mixed_precision: {e}') from e
+  machine = precision.read_cpuinfo()
   arrays = load_arrays()
   models, timer, position = {}, StepTimer(), {}
-  for variant in FLAGS.variants:
-    config = variant_config(variant, model_dir='unused')  # build_model writes nothing
-    models[variant] = (config, training.build_model(config, arrays.num_train, strategy))
-    position[variant] = 0
+  for dtype in precisions:
+    for variant in FLAGS.variants:
+      # One precision keeps the earlier names; several are told apart as madry/bfloat16.
+      name = variant if len(precisions) == 1 else f'{variant}/{dtype}'
+      config = variant_config(variant, 'unused', dtype)  # build_model writes nothing
+      models[name] = (config, training.build_model(config, arrays.num_train, strategy))
+      position[name] = 0
 
   def run(variant, steps):
     config, model = models[variant]
@@ -121,7 +135,8 @@ def main(argv):
       'model': 'resnet9', 'dataset': 'cifar10', 'batch_size': FLAGS.batch_size,
       'pgd_steps': FLAGS.pgd_steps, 'replicas': strategy.num_replicas_in_sync,
       'strategy': distribute.describe(strategy), 'device': device[0].name,
-      'mixed_precision': FLAGS.mixed_precision,
+      'mixed_precision': precisions,
+      'cpu': {'model_name': machine.model_name, 'bf16_support': machine.bf16_support},
       'jit_compile': {v: bool(m.jit_compile) for v, (_, m) in models.items()},
       'tensorflow': tf.__version__, 'keras': keras.__version__,
       'wall_images_per_s': {v: statistics.median(r) for v, r in wall.items()},
@@ -129,18 +144,25 @@ def main(argv):
       'rounds_wall_images_per_s': wall, 'rounds_cpu_images_per_s': cpu,
   }
   lines = [f'ResNet9/CIFAR-10, batch {FLAGS.batch_size}, PGD-{FLAGS.pgd_steps}, '
-           f'{results["strategy"]}, mixed_precision={FLAGS.mixed_precision}, '
-           f'TF {tf.__version__}',
+           f'{results["strategy"]}, mixed_precision={",".join(precisions)}, '
+           f'TF {tf.__version__}, CPU {precision.describe_cpu(machine)}',
            '| variant | images/s (wall) | images/s (per CPU-second) | '
            'step time vs madry (wall, cpu) |',
            '|---|---|---|---|']
   for v in models:
     ratios = ('-', '-')
-    if 'madry' in models:
-      ratios = (f'{results["wall_images_per_s"]["madry"] / results["wall_images_per_s"][v]:.2f}x',
-                f'{results["cpu_images_per_s"]["madry"] / results["cpu_images_per_s"][v]:.2f}x')
+    madry = 'madry' if len(precisions) == 1 else f'madry/{models[v][0].mixed_precision}'
+    if madry in models:
+      ratios = (f'{results["wall_images_per_s"][madry] / results["wall_images_per_s"][v]:.2f}x',
+                f'{results["cpu_images_per_s"][madry] / results["cpu_images_per_s"][v]:.2f}x')
     lines.append(f'| {v} | {results["wall_images_per_s"][v]:.1f} | '
                  f'{results["cpu_images_per_s"][v]:.1f} | {ratios[0]}, {ratios[1]} |')
+  if {'float32', 'bfloat16'} <= set(precisions):
+    results['bfloat16_speedup_cpu'] = {
+        v: results['cpu_images_per_s'][f'{v}/bfloat16'] / results['cpu_images_per_s'][f'{v}/float32']
+        for v in FLAGS.variants}
+    lines.append('bfloat16 / float32 images per CPU-second: ' + ', '.join(
+        f'{v} {r:.2f}x' for v, r in results['bfloat16_speedup_cpu'].items()))
   # The table is the benchmark's result: printed once, on stdout; the JSON goes to --output.
   print('\n'.join(lines), flush=True)
   if FLAGS.output:

@@ -16,6 +16,7 @@ from aad_tf import defenses
 from aad_tf import gradcam
 from aad_tf import losses
 from aad_tf import models
+from aad_tf import precision
 from defense_models import CLASSES, EPS, images, tiny_classifier
 
 
@@ -399,3 +400,47 @@ def test_a_loss_part_the_defense_does_not_declare_is_refused(batch):
       model.train_step(batch)
   finally:
     defenses.unregister_defense('undeclared_test')
+
+
+# Issue 25: AAD under the mixed_bfloat16 policy keeps its noise-free property, and its maps,
+# masks and diagnostics are float32.
+
+def bf16_lenet_model(**kwargs):
+  with precision.dtype_policy('mixed_bfloat16'):
+    model = lenet_model(**kwargs)
+  assert model.classifier.get_layer('conv1').compute_dtype == 'bfloat16'
+  return model
+
+
+def test_noise_free_terms_hold_under_mixed_bfloat16(batch):
+  x, y = batch
+  model = bf16_lenet_model(eps=0.0)
+  terms = model.loss_terms(x, y, x)  # x_adv = x
+  assert terms.cam.dtype == terms.adv_cam.dtype == terms.area.dtype == tf.float32
+  assert terms.pres.dtype == terms.rect.dtype == tf.float32
+  np.testing.assert_array_equal(terms.pres.numpy(), 0.0)  # L_p(x, x) = 0 exactly
+  logs = tf.function(model.train_step)(batch)  # and inside the compiled train step
+  assert float(logs['pres_loss']) == 0.0
+  # An unmasked image (a threshold no cell reaches: empty attention area, x_m = x): the
+  # rectification distance is 0, only the epsilon of the L2 norm remains, in each half.
+  unmasked = bf16_lenet_model(eps=0.0, kappa=1e9)
+  terms = unmasked.loss_terms(x, y, x)
+  np.testing.assert_array_equal(terms.area.numpy(), 0.0)
+  np.testing.assert_array_equal(terms.rect.numpy(), 2 * -np.sqrt(np.float32(1e-12)))
+  logs = tf.function(unmasked.train_step)(batch)
+  assert float(logs['rect_loss']) == 2 * -np.sqrt(np.float32(1e-12))
+
+
+def test_diagnostics_under_mixed_bfloat16_are_float32(batch):
+  x, y = batch
+  model = bf16_lenet_model(gradcam_normalize='max')
+  values = model.aad_diagnostics(x, y)
+  assert all(v.dtype == tf.float32 for v in values.values()), {
+      k: v.dtype for k, v in values.items()}
+  cam, _ = gradcam.gradcam(model.features.fn(training=False), x, y, normalize='max')
+  assert cam.dtype == tf.float32
+  np.testing.assert_allclose(float(values['map_mean']), np.mean(cam.numpy().astype(np.float64)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(values['map_max']),
+                             np.mean(cam.numpy().astype(np.float64).max(axis=(1, 2))), rtol=1e-6)
+  assert 0.0 < float(values['area_fraction']) < 1.0 and float(values['grad_norm_class']) > 0

@@ -111,6 +111,30 @@ def test_resolve_jit_compile():
   assert distribute.resolve_jit_compile(True, one, True) is False
 
 
+@pytest.mark.parametrize('gpus, warned', [([], True), (['GPU:0'], False)])
+def test_jit_compile_without_a_gpu_warns_once(monkeypatch, gpus, warned):
+  warnings = []
+  monkeypatch.setattr(distribute.logging, 'warning', lambda msg, *a: warnings.append(msg % a))
+  monkeypatch.setattr(distribute.tf.config, 'list_physical_devices',
+                      lambda kind=None: list(gpus) if kind == 'GPU' else [])
+  monkeypatch.setattr(distribute, '_XLA_ON_CPU_WARNED', [])
+  one = types.SimpleNamespace(num_replicas_in_sync=1)
+  for _ in range(3):  # requested by every model a process builds: one line, not three
+    assert distribute.resolve_jit_compile(True, one, False) is True
+  assert distribute.resolve_jit_compile(None, one, False) is None
+  assert len(warnings) == (1 if warned else 0)
+  if warned:
+    assert 'XLA is for GPUs' in warnings[0] and '7x slower' in warnings[0]
+
+
+def test_jit_compile_help_says_xla_is_for_gpus():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from trainers import main  # pylint: disable=g-import-not-at-top
+  if 'jit_compile' not in flags.FLAGS:
+    main.define_flags()
+  assert 'XLA is for GPUs' in ' '.join(flags.FLAGS['jit_compile'].help.split())
+
+
 def test_aad_step_on_two_devices_equals_one(tmp_path):
   """One AAD step (ResNet9 with batch norm) on 2 logical CPUs equals the 1-device step."""
   out = tmp_path / 'weights.npz'

@@ -21,6 +21,8 @@ from aad_tf import defenses as defense_lib
 from aad_tf import export as export_lib
 from aad_tf import files
 from aad_tf import gradcam as gradcam_lib
+from aad_tf import models
+from aad_tf import precision
 from aad_tf import training
 from trainers import export as export_binary
 
@@ -245,3 +247,26 @@ def test_export_binary_falls_back_from_a_corrupt_latest_checkpoint(tmp_path):
   assert 'ckpt-5 (step 5)' in result.stdout
   assert 'Using ckpt-5: ckpt-7 is corrupt (Read less bytes than requested)' in result.stderr
   assert os.path.exists(data) and (export_dir / 'saved_model.pb').exists()
+
+
+def test_a_bfloat16_classifier_is_exported_in_float32(tmp_path):
+  """Issue 25: model.keras and the SavedModel compute in float32 whatever training used."""
+  keras.utils.set_random_seed(5)
+  with precision.dtype_policy('mixed_bfloat16'):
+    classifier = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
+  root = export_lib.export_all(classifier, models.get_spec('lenet').gradcam_layer,
+                               str(tmp_path / 'run'))
+  reloaded = keras.models.load_model(os.path.join(root, 'model.keras'), safe_mode=True)
+  assert precision.reduced_precision_layers(reloaded) == ()
+  x = np.random.default_rng(1).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+  keras.utils.set_random_seed(5)
+  reference = models.get_model('lenet', input_shape=(28, 28, 1), num_classes=10)
+  reference.set_weights(classifier.get_weights())
+  expected = reference(x).numpy()  # the float32 computation of the same weights
+  np.testing.assert_allclose(reloaded(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+  served = tf.saved_model.load(os.path.join(root, 'saved_model'))
+  outputs = served.signatures['serving_default'](images=tf.constant(x))
+  assert outputs['logits'].dtype == tf.float32
+  np.testing.assert_allclose(outputs['logits'].numpy(), expected, rtol=1e-5, atol=1e-6)
+  # The bfloat16 network's own logits are farther off than that: the export changed them.
+  assert np.abs(classifier(x).numpy() - expected).max() > 1e-4

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from aad_tf import gradcam
 from aad_tf import losses
+from aad_tf import precision
 
 
 def small_model(dtype='float32', seed=0, size=6, channels=3, classes=4):
@@ -193,3 +194,68 @@ def test_mask_attention_blanks_the_upsampled_attention_area():
   for c in range(2):
     np.testing.assert_array_equal(masked[0, ..., c], expected)
   np.testing.assert_allclose(gradcam.normalize_cam(cam).numpy().max(), 1.0, rtol=1e-6)
+
+
+# Issue 25: under the mixed_bfloat16 policy the maps, thresholds and distances are float32.
+
+def bf16_features_and_grads(model, x, labels):
+  """The bfloat16 features and d logit_c / d features that gradcam sees, as float64 arrays."""
+  fn = gradcam.FeatureModel(model, 'gradcam')
+  with tf.GradientTape() as tape:
+    features, logits = fn(x)
+    score = tf.reduce_sum(tf.gather(logits, labels, batch_dims=1))
+  grads = tape.gradient(score, features)
+  assert features.dtype == grads.dtype == tf.bfloat16
+  return features.numpy().astype(np.float64), grads.numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize('normalize', gradcam.NORMALIZATIONS)
+def test_gradcam_of_a_bfloat16_model_is_computed_in_float32(normalize):
+  with precision.dtype_policy('mixed_bfloat16'):
+    model = small_model(dtype=None, seed=2)
+  x = np.random.default_rng(3).random((5, 6, 6, 3)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3, 1], np.int32)
+  cam, _ = gradcam.gradcam(gradcam.FeatureModel(model, 'gradcam').fn(), x, labels,
+                           normalize=normalize)
+  assert cam.dtype == tf.float32
+  # The float64 map of the same bfloat16 features and gradients: everything after them (alpha,
+  # the weighted sum, the scaling) is float32, so it agrees to float32 precision, where a
+  # bfloat16 map would be off by about 2^-8.
+  a, g = bf16_features_and_grads(model, x, labels)
+  if normalize == 'rms_softmax':
+    g = g / (np.sqrt(np.mean(g ** 2, axis=(1, 2, 3), keepdims=True)) + gradcam.RMS_EPSILON)
+  weighted = (a * g.mean(axis=(1, 2), keepdims=True)).sum(-1)
+  if normalize == 'rms_softmax':
+    e = np.exp(weighted - weighted.max(axis=(1, 2), keepdims=True))
+    expected = e / e.sum(axis=(1, 2), keepdims=True)
+  else:
+    expected = np.maximum(weighted, 0)
+    if normalize == 'max':
+      expected = expected / (expected.max(axis=(1, 2), keepdims=True) + gradcam.MAX_EPSILON)
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(cam.numpy(), expected, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_bfloat16_map_is_normalised_and_thresholded_in_float32():
+  # The mean of these cells is 1 + 2^-9; in bfloat16 it rounds to 1.0, and all four cells
+  # would pass the mean threshold instead of the one above it.
+  cam = tf.constant([[[1.0, 1.0], [1.0, 1.0 + 2 ** -7]]], tf.bfloat16)
+  area = gradcam.attention_area(cam)
+  assert area.dtype == tf.float32
+  np.testing.assert_array_equal(area.numpy(), [[[0, 0], [0, 1]]])
+  maps = tf.cast(tf.random.stateless_uniform([3, 7, 7], [1, 2], 0.1, 3.0), tf.bfloat16)
+  reference = maps.numpy().astype(np.float64)
+  normalised = gradcam.normalize_cam(maps)
+  assert normalised.dtype == tf.float32
+  np.testing.assert_allclose(normalised.numpy(),
+                             reference / reference.max(axis=(1, 2), keepdims=True), rtol=1e-6)
+
+
+def test_map_distance_of_bfloat16_maps_is_float32():
+  a = tf.cast(tf.random.stateless_uniform([2, 7, 7], [1, 2]), tf.bfloat16)
+  b = tf.cast(tf.random.stateless_uniform([2, 7, 7], [3, 2]), tf.bfloat16)
+  distance = gradcam.map_distance(a, b)
+  assert distance.dtype == tf.float32
+  expected = np.abs(a.numpy().astype(np.float64) - b.numpy().astype(np.float64)).sum(axis=(1, 2))
+  np.testing.assert_allclose(distance.numpy(), expected, rtol=1e-6)  # bfloat16 sums: ~1e-3 off
+  np.testing.assert_array_equal(gradcam.map_distance(a, a).numpy(), 0.0)

@@ -66,3 +66,17 @@ def test_preservation_is_l1_over_the_grid():
 def test_average_divides_by_global_batch():
   per_example = tf.constant([1.0, 2.0, 3.0, 6.0])
   np.testing.assert_allclose(losses.average(per_example).numpy(), 3.0)
+
+
+def test_rectification_of_bfloat16_logits_is_float32():
+  """Issue 25: the softmaxes and their L2 distance are float32 under mixed precision."""
+  logits = tf.cast(tf.random.stateless_normal([4, 10], [1, 2], stddev=3.0), tf.bfloat16)
+  masked = tf.cast(tf.random.stateless_normal([4, 10], [3, 4], stddev=3.0), tf.bfloat16)
+  got = losses.rectification(logits, masked)
+  assert got.dtype == tf.float32
+  z, zm = (t.numpy().astype(np.float64) for t in (logits, masked))
+  expected = -np.sqrt(((softmax(z) - softmax(zm)) ** 2).sum(-1) + 1e-12)
+  np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)  # bfloat16 softmaxes: ~1e-3 off
+  # An unmasked image: the distance is zero (the epsilon's sqrt is all that is left).
+  np.testing.assert_array_equal(losses.rectification(logits, logits).numpy(),
+                                -np.sqrt(np.float32(1e-12)))

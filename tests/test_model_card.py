@@ -101,3 +101,20 @@ def test_eps_is_written_as_robustbench_does(eps, text):
 def test_a_directory_without_config_json_is_a_value_error(tmp_path):
   with pytest.raises(ValueError, match='no config.json'):
     model_card.model_info(str(tmp_path))
+
+
+@pytest.mark.parametrize('recorded, trained', [('bfloat16', 'bfloat16'), ('float32', 'float32'),
+                                               (True, 'bfloat16'), (False, 'float32')])
+def test_precision_field_says_trained_in_and_exported_float32(tmp_path, recorded, trained):
+  """Issue 25: the card names the training precision and the export's (always float32)."""
+  model_dir = write_run(tmp_path, mixed_precision='float32')
+  path = os.path.join(model_dir, 'config.json')
+  with open(path) as f:
+    config = json.load(f)
+  config['mixed_precision'] = recorded  # as written by this version, or a bool by an older one
+  files.write_json(path, config)
+  info = model_card.model_info(model_dir, commit='abc123')
+  assert info['training']['training_precision'] == trained
+  assert info['training']['precision'] == 'float32'
+  assert (f'- precision: trained in {trained}; the exported model and its evaluation compute in '
+          f'float32') in model_card.render(info)

@@ -6,6 +6,7 @@ skipped, not deleted. Settings come from config.json; an older one without eval_
 the run's flags.txt, logged once with how to migrate.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -15,12 +16,14 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from aad_tf import checkpointing
 from aad_tf import data as data_lib
 from aad_tf import defenses
 from aad_tf import export as export_lib
 from aad_tf import files
+from aad_tf import precision
 from aad_tf import runs
 from aad_tf import training
 from trainers import export as export_binary
@@ -218,3 +221,52 @@ def test_load_exported_keras_and_saved_model(tmp_path):
                              keras_file.target.model_fn(x).numpy(), atol=1e-5)
   with pytest.raises(ValueError, match='does not exist'):
     runs.load_exported(str(tmp_path / 'nothing.keras'))
+
+
+# Issue 25: whatever the run trained in, readers and the closing evaluation see float32.
+
+def bfloat16_run(tmp_path):
+  """A run trained in bfloat16 (config.json, ckpt-1) and its AADModel."""
+  config = training.TrainConfig(
+      model_dir=str(tmp_path / 'bf16'), keep_prob=1.0, batch_size=8, train_steps=1,
+      mixed_precision='bfloat16', defense=defenses.DefenseConfig(defense='none'))
+  model = training.train(config, train_worker.tiny_arrays(data_lib))
+  assert precision.reduced_precision_layers(model.classifier)  # it did train in bfloat16
+  return config, model
+
+
+def test_closing_evaluation_attacks_a_float32_copy(tmp_path, monkeypatch):
+  config, model = bfloat16_run(tmp_path)
+  config = dataclasses.replace(config, eval_eps=0.1)
+  seen = []
+  real = runs.evaluation.evaluate
+
+  def spy(classifier, dataset, attacks, **kwargs):
+    seen.append(classifier)
+    return real(classifier, dataset, attacks, **kwargs)
+  monkeypatch.setattr(runs.evaluation, 'evaluate', spy)
+  arrays = train_worker.tiny_arrays(data_lib)
+  dataset = tf.data.Dataset.from_tensor_slices((arrays.x_test[:8], arrays.y_test[:8])).batch(8)
+  attacks = runs.evaluation.standard_attacks(['clean', 'fgsm'], eps=0.1, seed=0)
+  runs.closing_evaluation(model, config, dataset, attacks, train_wall_time=1.0)
+  assert len(seen) == 1 and precision.reduced_precision_layers(seen[0]) == ()
+  assert seen[0](arrays.x_test[:2]).dtype == tf.float32
+  for a, b in zip(seen[0].get_weights(), model.classifier.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  with open(os.path.join(config.model_dir, 'eval.json')) as f:
+    saved = json.load(f)
+  assert (saved['training_precision'], saved['evaluation_precision']) == ('bfloat16', 'float32')
+
+
+def test_readers_of_a_bfloat16_run_get_float32(tmp_path):
+  config, model = bfloat16_run(tmp_path)
+  # An export/model.keras saved in bfloat16 (as before issue 25), newer than the checkpoint.
+  os.makedirs(os.path.dirname(runs.keras_path(config.model_dir)))
+  model.classifier.save(runs.keras_path(config.model_dir))
+  for source in ('checkpoint', 'keras'):
+    loaded = runs.load_classifier(config.model_dir, source=source)
+    assert precision.reduced_precision_layers(loaded.classifier) == (), source
+  exported = runs.load_exported(runs.keras_path(config.model_dir))
+  x = train_worker.tiny_arrays(data_lib).x_test[:2]
+  assert exported.target.model_fn(x).dtype == tf.float32
+  assert precision.reduced_precision_layers(exported.target.keras_model) == ()

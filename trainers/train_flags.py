@@ -16,6 +16,7 @@ from aad_tf import gradcam as gradcam_lib
 from aad_tf import models
 from aad_tf.models import imagenet as imagenet_models
 from aad_tf import overfitting
+from aad_tf import precision
 from aad_tf import schedules
 from aad_tf import training
 from trainers import common_flags
@@ -118,14 +119,46 @@ def define_flags() -> None:
   flags.DEFINE_list('devices', [],
                     'Devices to mirror over, e.g. GPU:0,GPU:1 (cpu:0,cpu:1 splits the CPU); '
                     'default: every visible GPU. Multi-worker: set TF_CONFIG instead.')
-  flags.DEFINE_bool('mixed_precision', False,
-                    'Compute in bfloat16 with float32 variables (mixed_bfloat16).')
+  define_precision_flag(
+      'mixed_precision', 'float32',
+      'Training precision: auto, float32 or bfloat16 (mixed_bfloat16: bfloat16 compute, float32 '
+      'variables). auto takes bfloat16 where the CPU has AMX or AVX512_BF16 or the GPUs have '
+      'compute capability >= 8.0 (elsewhere bfloat16 is emulated and slower) and records the '
+      'choice in config.json, which a resume keeps. --mixed_precision / --nomixed_precision '
+      'still mean bfloat16 / float32. Evaluation and export are float32 either way.')
   flags.DEFINE_bool('jit_compile', None,
                     'Compile the train step with XLA (default: Keras decides; off with several '
-                    'replicas or --deterministic).')
+                    'replicas or --deterministic). XLA is for GPUs: on a CPU our steps run about '
+                    '7x slower with it.')
   flags.DEFINE_bool('deterministic', False,
                     'Deterministic ops and seeds: a resumed run ends with the same weights as an '
                     'uninterrupted one.')
+
+
+class _PrecisionParser(flags.ArgumentParser):
+  """auto | float32 | bfloat16, and the true / false of the earlier bool flag."""
+
+  def parse(self, argument):
+    return precision.normalize(argument)
+
+  def flag_type(self):
+    return 'string'
+
+
+class _PrecisionFlag(flags.Flag):
+  """A flag with a value that also takes the bool forms --name / --noname (bfloat16 / float32)."""
+
+  def __init__(self, name, default, help_string):
+    super().__init__(_PrecisionParser(), None, name, default, help_string, boolean=True)
+
+  def _serialize(self, value):  # flags.txt: --name=value, not the bool forms
+    return '' if value is None else f'--{self.name}={value}'
+
+
+def define_precision_flag(name: str, default: str, help_string: str,
+                          flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines --<name>=auto|float32|bfloat16, accepting --<name> / --no<name> as before."""
+  flags.DEFINE_flag(_PrecisionFlag(name, default, help_string), flag_values)
 
 
 def config_from_flags() -> training.TrainConfig:

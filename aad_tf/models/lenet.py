@@ -36,5 +36,6 @@ def build_lenet(input_shape, num_classes, *, keep_prob: float = 0.5) -> keras.Mo
   h = layers.Flatten(name='flatten')(h)
   h = layers.Dense(1024, activation='relu', name='fc1')(h)
   h = layers.Dropout(1.0 - keep_prob, name='dropout')(h)
-  logits = layers.Dense(num_classes, name='logits')(h)
+  # float32 logits under mixed precision (softmax, Grad-CAM's class score, the AAD losses).
+  logits = layers.Dense(num_classes, dtype='float32', name='logits')(h)
   return keras.Model(inputs, logits, name='lenet')
