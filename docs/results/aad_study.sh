@@ -15,7 +15,10 @@
 # screen_<scaling>_a<alpha>_b<beta>, e.g. screen_max_a0.1_b0.1. The Madry baseline of the screen is
 # step 600 of confirm_madry_s0 (2 epochs, same data order, constant lr: its first 600 steps are
 # a 1-epoch run). Confirm runs: 2 epochs, seeds 0-2: confirm_madry_s<k> and
-# confirm_aad_<scaling>_a<alpha>_b<beta>_s<k>.
+# confirm_aad_<scaling>_a<alpha>_b<beta>_s<k>. bfloat16 parity (issue 25): confirm_madry_bf16_s<k>,
+# Madry trained under --mixed_precision=bfloat16 (evaluated in float32, as every evaluation is),
+# paired by seed with confirm_madry_s<k>; worth running only on a CPU with AMX / AVX512_BF16
+# (elsewhere bfloat16 is emulated, about 5x slower: docs/results/mixed_precision_throughput.md).
 # Evaluation: clean, PGD-100, APGD-CE, Square (1000 queries) and their worst case on test images
 # 0-999 (screen); the whole suite (confirm). Resumable: re-run after an interruption.
 # Two invocations with disjoint runs share a 2-core machine (TF_NUM_INTRAOP_THREADS=1 each).
@@ -57,6 +60,10 @@ for run in "$@"; do
     confirm_madry_s*)
       train $dir --flagfile=flags/mnist_madry_cpu.cfg --seed=${run##*_s}
       [ "${run##*_s}" != 0 ] || screen_eval $dir $dir/checkpoints/ckpt-600 $dir/screen_step600
+      [ -f $dir/robustness.json ] || python -m trainers.evaluate --model_dir=$dir \
+        --data_dir="$DATA" --eval_examples=1000 ;;
+    confirm_madry_bf16_s*)  # issue 25's parity runs: Madry trained in bfloat16, evaluated in float32
+      train $dir --flagfile=flags/mnist_madry_cpu.cfg --mixed_precision=bfloat16 --seed=${run##*_s}
       [ -f $dir/robustness.json ] || python -m trainers.evaluate --model_dir=$dir \
         --data_dir="$DATA" --eval_examples=1000 ;;
     confirm_aad_*)
