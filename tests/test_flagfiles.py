@@ -159,7 +159,10 @@ def test_cpu_budget_rows_share_one_budget(dataset, tmp_path, monkeypatch):
   # A real reduced budget, not the paper's (that is what the *_cpu suffix promises).
   attack = first.defense.attack
   assert attack.num_steps < PAPER[dataset]['train_num_steps']
-  assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.num_steps)
+  if attack.num_steps == 1:  # FGSM with a random start: Wong et al.'s step of 1.25 eps
+    assert attack.random_init and attack.step_size == pytest.approx(1.25 * attack.eps)
+  else:  # PGD-k at Madry et al.'s 2.5 eps / k
+    assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.num_steps)
 
 
 def test_resnet_source_picks_the_resnet50_builder(tmp_path, monkeypatch):
