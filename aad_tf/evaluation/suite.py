@@ -147,7 +147,7 @@ class AttackSettings:
     apgd_num_steps: APGD iterations per restart (paper: 100).
     apgd_restarts: APGD random restarts.
     apgd_target_classes: target classes of apgd_t.
-    square_queries: Square Attack query budget per example.
+    square_queries: Square Attack iterations after its start (1 + square_queries queries).
     square_p_init: Square Attack initial fraction of changed pixels.
     adaptive_num_steps: steps of the adaptive attack.
     adaptive_weight: weight of the relative attention shift in the adaptive attack.
