@@ -20,7 +20,8 @@ padding depends only on the window's corner and side, so this module tabulates t
 axis when the plan is made (a query reads them with one gather per axis) and hands the result,
 a `Layout`, to `windowed_model.WindowedModel`, which runs queries and commits. On the MNIST
 LeNet with a 1-3 pixel window a query costs 40-60 % of a forward pass in the middle of the
-image, less near its edges (`benchmarks/windowed_square.py`, `docs/results/windowed_square_cpu.json`).
+image, less near its edges (`benchmarks/windowed_square.py`,
+`docs/results/windowed_square_cpu.json`).
 
 The head's cache accumulates float rounding over accepted updates: Square recomputes the state
 exactly with `full` every `REFRESH_EVERY` queries and re-checks with the model itself every
