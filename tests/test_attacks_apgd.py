@@ -46,21 +46,53 @@ def test_dlr_losses_match_numpy():
   np.testing.assert_allclose(apgd.dlr_loss(7 * logits + 3, labels).numpy(), want, rtol=1e-8)
 
 
-def reference_apgd(w, b, x, y, x_start, eps, n_iter):
-  """The authors' APGD-CE loop (autopgd_base.attack_single_run, L-inf) for logits = x W + b.
+def ce_and_gradient(logits, y, targets):
+  """Cross-entropy [B] and its gradient with respect to the logits [B, K]."""
+  del targets
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  return -np.log(p[np.arange(len(y)), y]), p - np.eye(logits.shape[1])[y]
 
-  Written from the paper / reference code with a loss history, independently of aad_tf.attacks.apgd.
-  x: [B, d] float64. Returns (the authors' points [B, d]: the last misclassified iterate, else
-  the best-loss one; the first misclassified iterate [B, d], x_start where none was; fooled [B];
-  how many examples were not yet misclassified at the start of each iteration).
+
+def targeted_dlr_and_gradient(logits, y, targets):
+  """APGD-T's loss -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) [B] and its gradient
+  with respect to the logits [B, K]: negative while the example is classified correctly."""
+  rows = np.arange(len(y))
+  order = np.argsort(-logits, axis=1)
+  eye = np.eye(logits.shape[1])
+  numerator = logits[rows, y] - logits[rows, targets]
+  denominator = (logits[rows, order[:, 0]] - 0.5 * (logits[rows, order[:, 2]]
+                                                     + logits[rows, order[:, 3]]) + 1e-12)
+  d_numerator = eye[y] - eye[targets]
+  d_denominator = eye[order[:, 0]] - 0.5 * (eye[order[:, 2]] + eye[order[:, 3]])
+  loss = -numerator / denominator
+  grad = (-d_numerator / denominator[:, None]
+          + (numerator / denominator ** 2)[:, None] * d_denominator)
+  return loss, grad
+
+
+def reference_apgd(net, x, y, x_start, eps, n_iter, loss_fn=ce_and_gradient, targets=None,
+                   compare_first_with_start=False):
+  """The authors' APGD loop (autopgd_base.attack_single_run, L-inf) for a small tanh network
+  `net` = (W1, b1, W2, b2): logits = tanh(x W1 + b1) W2 + b2.
+
+  Written from the paper / reference code with its loss history, independently of
+  aad_tf.attacks.apgd: `loss_steps` has n_iter rows, row i the loss after step i, and the
+  oscillation count at the first checkpoint reads row -1 (the last, not yet written: 0).
+  x: [B, d] float64; loss_fn(logits, y, targets) -> (loss [B], d loss / d logits [B, K]).
+  `compare_first_with_start` counts the first step against the starting loss instead (what
+  aad-tf did before issue 26), to show that the test tells the two apart.
+  Returns (the authors' points [B, d]: the last misclassified iterate, else the best-loss one;
+  the first misclassified iterate [B, d], x_start where none was; fooled [B]; how many examples
+  were not yet misclassified at the start of each iteration).
   """
+  w1, b1, w2, b2 = net
+
   def loss_grad(z):
-    logits = z @ w + b
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    onehot = np.eye(w.shape[1])[y]
-    loss = -np.log(p[np.arange(len(y)), y])
-    return loss, (p - onehot) @ w.T, logits.argmax(1)
+    hidden = np.tanh(z @ w1 + b1)
+    logits = hidden @ w2 + b2
+    loss, d_logits = loss_fn(logits, y, targets)
+    return loss, ((d_logits @ w2.T) * (1 - hidden ** 2)) @ w1.T, logits.argmax(1)
 
   clip = lambda z: np.clip(np.clip(z, x - eps, x + eps), 0.0, 1.0)
   n_iter_2, n_iter_min = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
@@ -72,8 +104,8 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
   x_best_adv, x_best, grad_best, loss_best = x_adv.copy(), x_adv.copy(), grad.copy(), loss.copy()
   x_first_adv = x_adv.copy()
   attacked = []  # examples not yet misclassified at the start of each iteration
-  loss_steps = np.zeros([n_iter + 1, len(x)])
-  loss_steps[0] = loss  # the starting loss is the first entry of the history
+  loss_steps = np.zeros([n_iter, len(x)])
+  start_loss = loss.copy()
   x_adv_old = x_adv.copy()
   k, counter3 = n_iter_2, 0
   loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(len(x), bool)
@@ -90,12 +122,16 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
     x_best_adv[wrong] = x_adv[wrong]
     x_first_adv[wrong & acc] = x_adv[wrong & acc]
     acc &= ~wrong
-    loss_steps[i + 1] = loss
+    loss_steps[i] = loss
     better = loss > loss_best
     x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
     counter3 += 1
     if counter3 == k:
-      increases = sum((loss_steps[i + 1 - c] > loss_steps[i - c]).astype(float) for c in range(k))
+      # check_oscillation: at the first checkpoint c = k - 1 reads loss_steps[-1], still 0.
+      increases = sum((loss_steps[i - c] > loss_steps[i - c - 1]).astype(float)
+                      for c in range(k))
+      if compare_first_with_start and i == k - 1:
+        increases += (loss_steps[0] > start_loss).astype(float) - (loss_steps[0] > 0)
       reduce = increases <= k * 0.75
       reduce |= ~reduced_last_check & (loss_best_last_check >= loss_best)
       reduced_last_check, loss_best_last_check = reduce.copy(), loss_best.copy()
@@ -105,26 +141,41 @@ def reference_apgd(w, b, x, y, x_start, eps, n_iter):
   return np.where(acc[:, None], x_best, x_best_adv), x_first_adv, ~acc, attacked
 
 
-def test_apgd_matches_the_reference_loop_on_a_linear_model():
+@pytest.mark.parametrize('loss', ['ce', 'targeted_dlr'])
+def test_apgd_matches_the_reference_loop_on_a_small_network(loss):
+  """APGD-CE and APGD-T's loss against the authors' loop in NumPy. With the targeted DLR loss
+  (negative while the example is correct) the first checkpoint's count of loss raises differs
+  from a count against the starting loss (issue 26), and this example shows it. (Float64
+  TF and NumPy agree to the last bit here; on some other draws an iterate ties with its best
+  at rounding level and the two loops part by one halving.)"""
   rng = np.random.default_rng(1)
-  batch, dim, classes, eps, n_iter = 32, 24, 5, 0.1, 30
-  w = rng.normal(size=[dim, classes])
-  b = rng.normal(size=[classes])
+  batch, dim, hidden, classes, eps, n_iter = 32, 24, 16, 5, 0.05, 30
+  net = (rng.normal(size=[dim, hidden]), rng.normal(size=[hidden]),
+         rng.normal(size=[hidden, classes]), rng.normal(size=[classes]))
   x = rng.uniform(size=[batch, dim])
-  y = (x @ w + b).argmax(1)  # correctly classified at the start
+  clean_logits = np.tanh(x @ net[0] + net[1]) @ net[2] + net[3]
+  y = clean_logits.argmax(1)  # correctly classified at the start
+  targets = np.argsort(-clean_logits, axis=1)[:, 1]
   start = np.clip(x + rng.uniform(-eps, eps, size=x.shape), 0, 1)
   rows_per_call = []  # eager: one entry per model pass
 
   def model_fn(images):
     rows_per_call.append(int(images.shape[0]))
-    return tf.reshape(images, [-1, dim]) @ w + b
+    return tf.tanh(tf.reshape(images, [-1, dim]) @ net[0] + net[1]) @ net[2] + net[3]
 
+  labels = tf.constant(y, tf.int32)
+  if loss == 'ce':
+    loss_fn = lambda logits, rows: attacks.cross_entropy(logits, tf.gather(labels, rows))
+    numpy_loss = ce_and_gradient
+  else:
+    loss_fn = lambda logits, rows: apgd.dlr_targeted_loss(
+        logits, tf.gather(labels, rows), tf.gather(tf.constant(targets, tf.int32), rows))
+    numpy_loss = targeted_dlr_and_gradient
   reshape = lambda a: tf.constant(a.reshape([batch, 1, dim, 1]))
-  x_adv, fooled, _ = apgd.apgd_run(
-      lambda logits, rows: attacks.cross_entropy(logits, tf.gather(tf.constant(y, tf.int32),
-                                                                   rows)), model_fn,
-      reshape(x), tf.constant(y, tf.int32), reshape(start), eps=eps, num_steps=n_iter)
-  authors, first_adv, want_fooled, attacked = reference_apgd(w, b, x, y, start, eps, n_iter)
+  x_adv, fooled, _ = apgd.apgd_run(loss_fn, model_fn, reshape(x), labels, reshape(start),
+                                   eps=eps, num_steps=n_iter)
+  authors, first_adv, want_fooled, attacked = reference_apgd(net, x, y, start, eps, n_iter,
+                                                             numpy_loss, targets)
   # The model runs on the whole batch once, then only on the examples not yet misclassified.
   assert len(rows_per_call) == n_iter + 1 and rows_per_call == [batch] + attacked
   assert sum(rows_per_call) < batch * (n_iter + 1)
@@ -137,6 +188,12 @@ def test_apgd_matches_the_reference_loop_on_a_linear_model():
   np.testing.assert_allclose(x_adv[~fooled], authors[~fooled], atol=1e-9)
   np.testing.assert_allclose(x_adv[fooled], first_adv[fooled], atol=1e-9)
   assert np.abs(first_adv - authors)[fooled].max() > 1e-3  # the two rules differ here
+  if loss == 'targeted_dlr':
+    # Counted against the starting loss, the attack would take other steps here.
+    other, other_first, _, _ = reference_apgd(net, x, y, start, eps, n_iter, numpy_loss,
+                                              targets, compare_first_with_start=True)
+    moved = np.where(fooled[:, None], other_first - first_adv, other - authors)
+    assert np.sum(np.abs(moved).max(1) > 1e-3) >= 2
 
 
 @pytest.fixture(scope='module')

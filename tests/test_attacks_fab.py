@@ -143,6 +143,39 @@ def test_fab_targeted_success_grows_with_eps_and_eps_zero_returns_x(model_and_da
   assert accuracies[0] >= accuracies[1] >= accuracies[2] and accuracies[2] < accuracies[0]
 
 
+def test_a_point_just_beyond_eps_is_rejected_and_the_next_target_is_tried(monkeypatch):
+  """The reference accepts a run's point only if its norm is <= eps and otherwise attacks the
+  example towards the next target (issue 26: ours accepted norms up to eps (1 + 1e-6), then
+  projected the point into the ball and stopped). Runs towards class 1 end just beyond eps,
+  runs towards class 2 well inside."""
+  eps = 0.3
+  x = tf.fill([1, 2, 2, 1], 0.5)
+
+  def model_fn(images):  # class 0 at x; pixel (0, 0) drives class 1, pixel (0, 1) class 2
+    flat = tf.reshape(images, [-1, 4])
+    return tf.stack([tf.ones_like(flat[:, 0]), 10.0 * (flat[:, 0] - 0.5),
+                     10.0 * (flat[:, 1] - 0.5)], axis=1)
+
+  tried = []
+
+  def fake_run(model_fn, xs, ys, targets, **kwargs):
+    del model_fn, ys, kwargs
+    target = int(targets[0])
+    tried.append(target)
+    norm = eps * (1.0 + 5e-7) if target == 1 else 0.2
+    pixel = 0 if target == 1 else 1
+    point = tf.tensor_scatter_nd_add(xs, [[0, 0, pixel, 0]], [norm])
+    return point, tf.constant([norm], tf.float32)
+
+  monkeypatch.setattr(fab, 'fab_run', fake_run)
+  assert np.float32(eps * (1.0 + 5e-7)) > np.float32(eps)
+  x_adv, fooled = fab.fab_targeted(model_fn, x, tf.constant([0]), eps=eps, num_steps=3,
+                                   num_target_classes=2, return_fooled=True)
+  assert tried == [1, 2]
+  np.testing.assert_allclose(x_adv.numpy().reshape(4), [0.5, 0.7, 0.5, 0.5], atol=1e-6)
+  assert predict(model_fn, x_adv) == [2] and fooled.numpy().tolist() == [True]
+
+
 def authors_loop(model_fn, x, y, targets, num_steps):
   """FAB's loop as the authors write it: a gradient pass at the iterate, a step, a forward
   pass at the new iterate to see whether it is misclassified (NumPy around the model)."""

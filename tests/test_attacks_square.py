@@ -81,8 +81,8 @@ def test_query_budget_and_early_stop(model_and_data):
 
   n, budget = 20, 15
   x_adv = square.square_linf(counting, x[:n], y[:n], eps=0.3, num_queries=budget, seed=[0, 2])
-  assert len(seen) <= budget  # one batched query per iteration
-  assert seen[0] == n and sum(seen) <= n * budget
+  assert len(seen) <= 1 + budget  # the start, then one batched query per iteration
+  assert seen[0] == n and sum(seen) <= n * (1 + budget)
   # Only examples not yet fooled are queried: the batch shrinks as examples are broken, and
   # the examples left out at the end are fooled.
   assert all(a >= b for a, b in zip(seen, seen[1:]))
@@ -95,8 +95,8 @@ def test_margin_never_worsens_and_eps_zero_is_identity(model_and_data):
   model_fn, x, y = model_and_data
   margin = lambda images: square.margin_loss(model_fn(images), y[:30]).numpy()
   x_adv = square.square_linf(model_fn, x[:30], y[:30], eps=0.1, num_queries=30, seed=[0, 3])
-  x_one = square.square_linf(model_fn, x[:30], y[:30], eps=0.1, num_queries=1, seed=[0, 3])
-  # num_queries=1 is the stripes initialisation; later iterations only accept improvements.
+  x_one = square.square_linf(model_fn, x[:30], y[:30], eps=0.1, num_queries=0, seed=[0, 3])
+  # num_queries=0 is the stripes initialisation; later iterations only accept improvements.
   assert np.all(margin(x_adv) <= margin(x_one) + 1e-5)
   np.testing.assert_array_equal(
       square.square_linf(model_fn, x[:5], y[:5], eps=0.0, num_queries=5, seed=[0, 0]).numpy(),
@@ -106,14 +106,15 @@ def test_margin_never_worsens_and_eps_zero_is_identity(model_and_data):
 def test_stripes_are_vertical_and_at_the_ball_surface():
   x = tf.fill([3, 8, 8, 2], 0.5)
   x_adv = square.square_linf(lambda images: tf.zeros([tf.shape(images)[0], 10]), x,
-                             tf.zeros([3], tf.int32), eps=0.1, num_queries=1, seed=[0, 4])
+                             tf.zeros([3], tf.int32), eps=0.1, num_queries=0, seed=[0, 4])
   delta = (x_adv - x).numpy()
   np.testing.assert_allclose(np.abs(delta), 0.1, atol=1e-6)
   np.testing.assert_array_equal(delta, np.broadcast_to(delta[:, :1], delta.shape))
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'eps': -0.1}, 'eps'), ({'eps': 0.1, 'num_queries': 0}, 'num_queries'),
+    ({'eps': -0.1}, 'eps'), ({'eps': 0.1, 'num_queries': -1}, 'num_queries'),
+    ({'eps': 0.1, 'num_queries': 2.5}, 'num_queries'),
     ({'eps': 0.1, 'p_init': 0.0}, 'p_init')])
 def test_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -134,7 +135,7 @@ def test_one_window_and_one_sign_per_channel_for_the_whole_batch():
   square.square_linf(recording, x, tf.zeros([6], tf.int32), eps=0.1, num_queries=4,
                      seed=[0, 6])
   start, x = queried[0], x.numpy()  # constant logits: nothing is accepted, x_best stays
-  assert len(queried) == 4
+  assert len(queried) == 1 + 4
   for iteration, proposal in enumerate(queried[1:]):
     changed = proposal != start  # [B, H, W, C]
     rows = np.flatnonzero(changed.any(axis=(0, 2, 3)))
@@ -144,6 +145,51 @@ def test_one_window_and_one_sign_per_channel_for_the_whole_batch():
     for channel in range(2):
       signs = np.sign(proposal - x)[..., channel][changed[..., channel]]
       assert len(signs) and np.all(signs == signs[0]), (iteration, channel)
+
+
+def never_fooled(calls):
+  """A model_fn that never misclassifies (label 0) and records the images of every call."""
+  def model_fn(images):
+    calls.append(images.numpy())
+    return tf.tile(tf.constant([[5.0, 0.0]]), [tf.shape(images)[0], 1])
+  return model_fn
+
+
+@pytest.mark.parametrize('num_queries', [0, 1, 7])
+def test_the_query_count_is_the_references(num_queries):
+  """AutoAttack's Square queries the start, then runs n_queries iterations of one query each:
+  1 + 5000 queries per example at its standard budget (issue 26: ours made 1 + 4999)."""
+  calls = []
+  square.square_linf(never_fooled(calls), tf.fill([3, 6, 6, 1], 0.5), tf.zeros([3], tf.int32),
+                     eps=0.1, num_queries=num_queries, seed=[0, 12])
+  assert [len(images) for images in calls] == [3] * (1 + num_queries)
+
+
+@pytest.mark.parametrize('p_init', [0.02, 0.3])
+def test_the_window_corner_is_drawn_as_the_reference_draws_it(p_init):
+  """AutoAttack draws the corner with random_int(0, h - s), i.e. in [0, h - s - 1]: a window
+  never covers the last row or column (issue 26: ours drew from [0, h - s])."""
+  calls, height, num_queries = [], 8, 80
+  x = tf.fill([2, height, height, 1], 0.5)
+  square.square_linf(never_fooled(calls), x, tf.zeros([2], tf.int32), eps=0.1,
+                     num_queries=num_queries, p_init=p_init, seed=[0, 13],
+                     rescale_schedule=False)
+  ends, last_col = set(), 0
+  for iteration, proposal in enumerate(calls[1:]):
+    side = int(square.window_side(square.p_schedule(iteration, num_queries, p_init, False),
+                                  height, height))
+    # A proposal differs from the stripes start in the window's columns whose stripe sign is
+    # not the window's sign: all of the window's rows, some of its columns.
+    changed = proposal != calls[0]
+    rows = np.flatnonzero(changed.any(axis=(0, 2, 3)))
+    if len(rows):
+      assert rows.max() - rows.min() + 1 == side  # at 0.5 +- 0.1 nothing is clipped
+      assert rows.min() <= height - side - 1, (iteration, side, rows)
+      ends.add('first' if rows.min() == 0 else 'last' if rows.min() == height - side - 1
+               else 'inner')
+      last_col = max(last_col, int(np.flatnonzero(changed.any(axis=(0, 1, 3))).max()))
+  assert {'first', 'last'} <= ends  # the draw reaches both ends of [0, H - s - 1]
+  assert last_col <= height - 2
 
 
 def test_the_windowed_queries_give_the_plain_attack(model_and_data, shared_data_dir):

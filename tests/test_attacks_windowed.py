@@ -80,7 +80,7 @@ def test_queries_and_commits_equal_the_model_on_patched_images(name):
   build, head, image_shape = MODELS[name]
   model = build()
   plan = windowed.plan(direct(model), model, image_shape)
-  assert plan.incremental and plan._head == head, plan.describe()  # pylint: disable=protected-access
+  assert plan.incremental and plan.head == head, plan.describe()
   height, width, channels = image_shape
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(size=(6, *image_shape)), tf.float32)
@@ -172,6 +172,45 @@ def test_a_plan_that_disagrees_with_the_model_falls_back(monkeypatch):
   monkeypatch.setattr(windowed, '_spatial_stage', wrong)
   plan = windowed.plan(direct(model), model, (10, 10, 1))
   assert not plan.incremental and 'differ' in plan.reason
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_a_model_fn_that_wraps_the_model_gets_the_plain_plan(name):
+  """The windowed pass runs `model`, so only a model_fn that is the model's own inference call
+  may have it: a wrapper that quantises the input to 1/255 (a common preprocessing defense)
+  moves the logits by 1e-4 to 1e-3 relative, which the old 1e-3 probe let through (issue 26:
+  every query then attacked the undefended model, a transfer attack)."""
+  build, _, image_shape = MODELS[name]
+  model = build()
+  quantised = lambda images: model(tf.round(images * 255.0) / 255.0, training=False)
+  plan = windowed.plan(quantised, model, image_shape)
+  assert not plan.incremental and 'differ' in plan.reason, plan.describe()
+  assert windowed.plan(direct(model), model, image_shape).incremental
+
+
+@pytest.mark.parametrize('name, layer', [('keras_example', 'Dropout'),
+                                         ('strided_gap', 'BatchNormalization')])
+def test_training_mode_dropout_and_batch_norm_get_the_plain_plan(name, layer):
+  """In training mode Dropout draws masks and BatchNormalization uses the batch's statistics:
+  not the inference-mode layers the windowed pass runs, so the plain plan answers."""
+  build, _, image_shape = MODELS[name]
+  model = build()
+  assert any(type(l).__name__ == layer for l in model.layers)
+  plan = windowed.plan(lambda images: model(images, training=True), model, image_shape)
+  assert not plan.incremental and 'differ' in plan.reason, plan.describe()
+
+
+def test_square_with_a_wrapped_model_fn_is_the_plain_attack_on_the_wrapper(shared_data_dir):
+  """Square given the model and a model_fn that wraps it attacks model_fn: the same images as
+  the plain attack, which sees model_fn only (windowed, it would attack the bare model)."""
+  import eval_models  # pylint: disable=g-import-not-at-top
+  from aad_tf.attacks import square  # pylint: disable=g-import-not-at-top
+  model = eval_models.trained_model(shared_data_dir)
+  x, y = eval_models.first_test_examples(shared_data_dir, 30)
+  quantised = lambda images: model(tf.round(images * 255.0) / 255.0, training=False)
+  run = lambda given: square.square_linf(quantised, x, y, eps=0.1, num_queries=60,
+                                         seed=[0, 3], model=given).numpy()
+  np.testing.assert_array_equal(run(model), run(None))
 
 
 def test_plan_inside_a_tf_function_probes_eagerly():

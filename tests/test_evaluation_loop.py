@@ -1,6 +1,8 @@
 """Tests for aad_tf.evaluation.loop: worst case, compiled and seeded runs, SavedModel targets,
 the adaptive attack."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -139,3 +141,65 @@ def test_attention_shift_is_zero_at_x(setup):
   features = gradcam.FeatureModel(model, eval_models.GRADCAM_LAYER).fn()
   shift = attacks.attention_shift(features, tf.constant(x[:8]), tf.constant(y[:8]))
   np.testing.assert_allclose(shift(tf.constant(x[:8])).numpy(), 0.0, atol=1e-6)
+
+
+def test_autoattack_keeps_the_stages_verdicts_and_equals_autoattack_stages(shared_data_dir,
+                                                                          tmp_path):
+  """A stage's own verdict stands: the evaluation does not re-predict x_adv at another batch
+  size and undo it (issue 26). Batch-size-dependent rounding is simulated by a model_fn that
+  favours class 0 by one logit on a batch of exactly N images: APGD's first misclassified
+  iterates, found on smaller sub-batches, are classified correctly again on the whole batch.
+  The evaluation reports exactly what `autoattack_stages` reports for the same batch and seed,
+  stage by stage, and robustness.json / .md keep the stages and the per-example flags."""
+  from aad_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  model = eval_models.trained_model(shared_data_dir)
+  x, y = eval_models.first_test_examples(shared_data_dir, 300)
+  keep = np.flatnonzero(y == 0)[:12]
+  x, y = x[keep], y[keep]
+
+  def model_fn(images):
+    logits = model(images, training=False)
+    whole_batch = tf.cast(tf.equal(tf.shape(images)[0], len(keep)), logits.dtype)
+    return logits + whole_batch * tf.one_hot(0, logits.shape[-1], dtype=logits.dtype)
+
+  eps, seed = 0.15, 3
+  dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(keep))
+  report = evaluation.evaluate(evaluation.Target(model_fn), dataset,
+                               evaluation.standard_attacks(['autoattack'], eps=eps),
+                               progress=False, seed=seed)
+  x_adv, robust = tf.function(lambda a, b: autoattack.autoattack_stages(
+      model_fn, a, b, eps=eps, seed=evaluation.attack_seed(seed, 'autoattack', 0)))(
+          tf.constant(x), tf.constant(y))
+  assert list(report.stages['autoattack']) == ['clean', *autoattack.STAGES]
+  for stage, flags in robust.items():
+    np.testing.assert_array_equal(report.stages['autoattack'][stage], flags.numpy())
+  np.testing.assert_array_equal(report.correct['autoattack'], robust['square'].numpy())
+  # Re-predicted on the whole batch, some of the adversarial images look correct again.
+  repredicted = np.argmax(model_fn(x_adv).numpy(), -1) == y
+  assert repredicted.mean() > report.accuracy['autoattack'] > 0
+  assert np.all(report.correct['autoattack'] <= repredicted)
+
+  evaluation.write_robustness(
+      str(tmp_path), report, evaluation.format_table(report, row_name='m'), row_name='m',
+      dataset='mnist', model='lenet', source='test', eps=eps, seed=seed, first_example=0,
+      wall_time=1.0, settings={})
+  saved = json.loads((tmp_path / 'robustness.json').read_text())
+  stages = saved['stages']['autoattack']
+  assert set(stages['accuracy']) == {'clean', *autoattack.STAGES}  # JSON keys are sorted
+  assert stages['accuracy']['square'] == pytest.approx(report.accuracy['autoattack'])
+  np.testing.assert_array_equal(evaluation.from_bits(saved['correct']['autoattack']),
+                                report.correct['autoattack'])
+  np.testing.assert_array_equal(evaluation.from_bits(stages['correct']['apgd_ce']),
+                                robust['apgd_ce'].numpy())
+  assert len(saved['correct']['worst_case']) == len(keep)
+  markdown = (tmp_path / 'robustness.md').read_text()
+  assert 'autoattack: accuracy after each stage' in markdown
+  assert '| | clean | apgd_ce | apgd_t | fab_t | square |' in markdown
+
+
+def test_bits_round_trip():
+  flags = np.array([True, False, False, True, True])
+  assert evaluation.to_bits(flags) == '10011'
+  np.testing.assert_array_equal(evaluation.from_bits('10011'), flags)
+  with pytest.raises(ValueError):
+    evaluation.from_bits('10x')

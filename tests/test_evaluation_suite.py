@@ -77,7 +77,8 @@ def test_square_and_autoattack_get_the_keras_model(monkeypatch):
   # The autoattack entry hands it on (its fixed budgets are too slow here, so record the call).
   from aad_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
   calls = []
-  monkeypatch.setattr(autoattack, 'autoattack', lambda *a, **k: calls.append(k) or a[1])
+  monkeypatch.setattr(autoattack, 'autoattack_stages',
+                      lambda *a, **k: calls.append(k) or (a[1], {'clean': tf.ones([3], bool)}))
   evaluation.standard_attacks(['autoattack'], eps=0.1)['autoattack'].run(
       target, x, y, tf.constant([0, 1]))
   assert calls[0]['model'] is model
@@ -92,7 +93,8 @@ def test_autoattack_gives_square_the_model(monkeypatch):
                             keras.layers.Flatten(), keras.layers.Dense(10)])
   given = []
   monkeypatch.setattr(square, 'square_linf',
-                      lambda fn, x, y, **k: given.append((k['model'], k['rescale_schedule'])) or x)
+                      lambda fn, x, y, **k: given.append((k['model'], k['rescale_schedule']))
+                      or (x, tf.zeros(tf.shape(y), tf.bool)))
   x = tf.random.uniform([3, 8, 8, 1])
   y = tf.argmax(model(x), -1, output_type=tf.int32)  # correct, and robust at eps 0: Square runs
   autoattack.autoattack(lambda images: model(images), x, y, eps=0.0, num_steps=1,

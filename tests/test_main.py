@@ -23,6 +23,12 @@ def run_main(*args, timeout=600, binary='trainers.main', **env_overrides):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def recorded(path):
+  """A path flag as flags.txt and config.json record it: absolute from the binary's working
+  directory (the repository root) and normalised, symbolic links kept (os.path.abspath)."""
+  return os.path.abspath(os.path.join(ROOT, path))
+
+
 def snapshot(directory):
   return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob('*')
           if p.is_file()}
@@ -30,7 +36,7 @@ def snapshot(directory):
 
 def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
   model_dir = tmp_path / 'run'
-  relative_data_dir = os.path.relpath(shared_data_dir, ROOT)  # recorded absolute
+  relative_data_dir = os.path.relpath(shared_data_dir, ROOT)  # recorded absolute (abspath)
   args = ['--flagfile=flags/mnist_madry_aad.cfg', f'--data_dir={relative_data_dir}',
           f'--model_dir={model_dir}', '--train_steps=4', '--batch_size=20',
           '--train_num_steps=2', '--eval_examples=40', '--eval_attacks=clean,fgsm,pgd5',
@@ -42,7 +48,8 @@ def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
     assert (model_dir / path).exists(), path
   flags_txt = (model_dir / 'flags.txt').read_text()
   assert '--aad' in flags_txt.splitlines()
-  assert f'--data_dir={shared_data_dir.resolve()}' in flags_txt.splitlines()
+  recorded_data_dir = recorded(relative_data_dir)
+  assert f'--data_dir={recorded_data_dir}' in flags_txt.splitlines()
   assert f'--model_dir={model_dir}' in flags_txt.splitlines()
   for absl_flag in ('--test_tmpdir', '--verbosity', '--logtostderr', '--flagfile'):
     assert absl_flag not in flags_txt
@@ -52,7 +59,7 @@ def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
   assert (model_dir / 'export' / 'MODEL_CARD.md').exists()
   config = json.loads((model_dir / 'config.json').read_text())
   assert config['defense']['aad'] and config['defense']['defense'] == 'madry'
-  assert config['data_dir'] == str(shared_data_dir.resolve())
+  assert config['data_dir'] == recorded_data_dir
   # What the binaries that read the run need (issue 16): no flags.txt parsing.
   assert config['eval_eps'] == 0.3 and config['gradcam_layer'] == 'gradcam'
   report = json.loads((model_dir / 'eval.json').read_text())
@@ -95,6 +102,34 @@ def test_main_trains_exports_and_evaluates(tmp_path, shared_data_dir):
     assert len(lines) == 1 and lines[0].startswith('trainers.main: error: '), failed.stderr
     assert message in lines[0]
     assert snapshot(model_dir) == before, extra
+
+
+@pytest.mark.parametrize('layout', ['directory', 'symlink'])
+def test_paths_are_recorded_absolute_with_symbolic_links_kept(tmp_path, shared_data_dir,
+                                                              layout):
+  """flags.txt and config.json record path flags by one rule, os.path.abspath: absolute,
+  normalised, and through the symbolic links the user named (not resolved), so a `../shared`
+  that is a directory or a link to one is recorded as given (issue 26: the test expected
+  resolved paths and failed where ../shared is a link)."""
+  real = tmp_path / 'real_shared'
+  (real / 'data').mkdir(parents=True)
+  os.symlink(shared_data_dir / 'mnist.npz', real / 'data' / 'mnist.npz')
+  shared = real
+  if layout == 'symlink':
+    shared = tmp_path / 'shared'
+    os.symlink(real, shared, target_is_directory=True)
+  data_dir = os.path.relpath(shared / 'data', ROOT)
+  model_dir = tmp_path / 'run'
+  result = run_main('--flagfile=flags/mnist_madry_cpu.cfg', f'--data_dir={data_dir}',
+                    f'--model_dir={model_dir}', '--train_steps=1', '--batch_size=8',
+                    '--train_num_steps=1', '--eval_examples=8', '--eval_attacks=clean',
+                    '--summary_images=0', '--noexport')
+  assert result.returncode == 0, result.stderr[-3000:]
+  want = recorded(data_dir)
+  assert want == str(shared / 'data')  # as given: through the link, if there is one
+  assert (os.path.realpath(want) != want) == (layout == 'symlink')
+  assert f'--data_dir={want}' in (model_dir / 'flags.txt').read_text().splitlines()
+  assert json.loads((model_dir / 'config.json').read_text())['data_dir'] == want
 
 
 @pytest.mark.parametrize('flag, message', [

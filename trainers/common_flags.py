@@ -16,7 +16,8 @@ from aad_tf import training
 from trainers import defense_flags
 
 # Flags holding paths: flags.txt and config.json record them absolute, so that a run replays from
-# any working directory.
+# any working directory, by one rule: os.path.abspath (normalised; symbolic links are kept as the
+# user named them, not resolved, so a ../shared that is a link records .../shared).
 PATH_FLAGS = ('data_dir', 'model_dir', 'manual_dir', 'pretrained_weights',
               *defense_flags.path_flags())
 

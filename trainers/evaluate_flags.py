@@ -57,7 +57,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('apgd_restarts', 1, 'APGD random restarts.', lower_bound=1)
   flags.DEFINE_integer('apgd_target_classes', 9, 'Target classes of apgd_t and fab_t.',
                        lower_bound=1)
-  flags.DEFINE_integer('square_queries', 1000, 'Square Attack query budget per example.',
+  flags.DEFINE_integer('square_queries', 1000,
+                       'Square Attack iterations after its start: 1 + N queries per example.',
                        lower_bound=1)
   flags.DEFINE_float('square_p_init', 0.8, 'Square Attack initial fraction of changed pixels.',
                      lower_bound=0.0, upper_bound=1.0)

@@ -14,14 +14,18 @@ Modules (each imports only `core` and its siblings below it; `core` imports `con
   inner       the training attacks of base defenses: single-step (R+Step-LL), TRADES' KL PGD
   apgd        APGD-CE / APGD-DLR / APGD-T (Croce & Hein 2020)
   fab         FAB-T, minimal-perturbation boundary attack (Croce & Hein 2020)
-  windowed    forward passes of images changed in one window only (Square's queries on a
-              Keras chain model: only the window's cone through the layers is recomputed)
+  windowed_model  forward passes of images changed in one window only: the WindowedModel
+              that runs a Layout (full pass, windowed query, commit)
+  windowed    Square's windowed plan: reads a Keras chain model into a Layout (only the
+              window's cone through the layers is recomputed) and probes it against model_fn;
+              the plain plan for anything else, a model_fn that wraps the model included
   square      Square Attack, gradient-free (Andriushchenko et al. 2020), AutoAttack's version
   autoattack  AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square), one graph
 
 The names below are the package's interface (`attacks.pgd(...)`); APGD, FAB, Square and
 AutoAttack are used through their modules (`attacks.apgd.apgd(...)`,
-`from aad_tf.attacks import autoattack`).
+`from aad_tf.attacks import autoattack`); with `return_fooled=True` APGD, FAB-T and Square also
+return which examples they found misclassified themselves.
 """
 
 from aad_tf.attacks import apgd

@@ -11,6 +11,11 @@ APGD is PGD with momentum and a step size that adapts itself, so that it needs n
     (1) raised its loss in at most rho = 75 % of the steps since the last checkpoint, or
     (2) was not halved at the last checkpoint and whose best loss did not improve since then,
     halves its step size and restarts from its best point (and that point's gradient).
+    As in the authors' code (`check_oscillation` reads the loss history at index -1, a row
+    not yet written), the first checkpoint compares the loss after the first step with 0, not
+    with the starting loss: a positive loss (CE) counts that step as a raise, a negative one
+    (targeted DLR while the example is still correct) does not, so APGD-T halves its step
+    there more often than a comparison with the starting loss would.
 
 Losses (per example, ascended):
   'ce'   cross-entropy.
@@ -185,7 +190,9 @@ def apgd_run(loss_fn, model_fn, x, y, x_start, *, eps: float, num_steps: int):
     fooled_now = tf.tensor_scatter_nd_update(tf.zeros_like(s['fooled']), at_rows, fooled_rows)
     x_best_adv = tf.where(_expand(fooled_now), x_new, s['x_best_adv'])
     fooled = tf.logical_or(s['fooled'], fooled_now)
-    increases = s['increases'] + tf.cast(loss > s['loss_prev'], tf.float32)
+    # The reference compares the first step's loss with 0 (see the module docstring).
+    previous = tf.where(s['i'] > 0, s['loss_prev'], tf.zeros_like(s['loss_prev']))
+    increases = s['increases'] + tf.cast(loss > previous, tf.float32)
     improved = loss > s['loss_best']
     x_best = tf.where(_expand(improved), x_new, s['x_best'])
     grad_best = tf.where(_expand(improved), grad, s['grad_best'])
@@ -226,24 +233,34 @@ def default_seed(seed) -> tf.Tensor:
 
 
 def _over_restarts(run, num_restarts):
-  """Runs run(r) -> (x_adv, fooled) for r < num_restarts; keeps each example's first success."""
+  """Runs run(r) -> (x_adv, fooled) for r < num_restarts; keeps each example's first success.
+
+  Returns:
+    (x_adv, fooled bool [B]).
+  """
   best, fooled = run(tf.constant(0))
   if num_restarts == 1:
-    return best
+    return best, fooled
 
   def body(r, best, fooled):
     candidate, candidate_fooled = run(r)
     take = tf.logical_and(tf.logical_not(fooled), candidate_fooled)
     return (r + 1, tf.where(_expand(take), candidate, best), tf.logical_or(fooled, take))
 
-  _, best, _ = tf.while_loop(lambda r, *_: r < num_restarts, body,
-                             (tf.constant(1), best, fooled))
-  return best
+  _, best, fooled = tf.while_loop(lambda r, *_: r < num_restarts, body,
+                                  (tf.constant(1), best, fooled))
+  return best, fooled
+
+
+def outcome(x_adv: tf.Tensor, fooled: tf.Tensor, return_fooled: bool):
+  """An attack's return value: x_adv (stop_gradient), with `return_fooled` also `fooled`."""
+  x_adv = tf.stop_gradient(x_adv)
+  return (x_adv, fooled) if return_fooled else x_adv
 
 
 def apgd(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
-         loss: str = 'ce', num_restarts: int = 1, seed: tf.Tensor | None = None
-         ) -> tf.Tensor:
+         loss: str = 'ce', num_restarts: int = 1, seed: tf.Tensor | None = None,
+         return_fooled: bool = False):
   """Untargeted APGD-CE or APGD-DLR under an L-inf bound.
 
   Args:
@@ -255,9 +272,12 @@ def apgd(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
     loss: 'ce' or 'dlr' (needs K >= 3).
     num_restarts: random restarts; each example keeps its first successful one.
     seed: optional stateless seed [2]; restart r uses fold_in(seed, r).
+    return_fooled: also return which examples the attack found misclassified.
 
   Returns:
-    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
+    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1]; with
+    `return_fooled`, (images, fooled bool [B]): misclassified by model_fn at the iterate
+    returned, as the attack evaluated it (on the sub-batch still attacked at that step).
   """
   eps = _check(eps, num_steps, num_restarts)
   if loss not in LOSSES:
@@ -275,27 +295,31 @@ def apgd(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
     x_adv, fooled, _ = apgd_run(loss_fn, model_fn, x, y, start, eps=eps, num_steps=num_steps)
     return x_adv, fooled
 
-  return tf.stop_gradient(_over_restarts(run, num_restarts))
+  return outcome(*_over_restarts(run, num_restarts), return_fooled)
 
 
 def first_success_on_robust(run, model_fn: core.ModelFn, x, y, num_runs: int
-                            ) -> tf.Tensor:
+                            ) -> tuple[tf.Tensor, tf.Tensor]:
   """Runs j = 0 .. num_runs - 1, each only on the examples still correctly classified.
 
   The reference's loop over target classes (AutoAttack's APGD-T and FAB-T): examples that the
   clean model or an earlier run already misclassify are not attacked again, so later runs cost
-  only what is left. One `tf.while_loop`; the subsets have dynamic size.
+  only what is left. One `tf.while_loop`; the subsets have dynamic size. A run fools an example
+  if the run itself found it misclassified or model_fn misclassifies the run's point on the
+  run's sub-batch (the reference's check); either is model_fn's own verdict on that point, so
+  neither is dropped for the other.
 
   Args:
-    run: (j, index int64 [n], x [n, H, W, C], y [n]) -> x_adv [n, H, W, C], where `index`
-      holds the positions of the n examples in the batch.
+    run: (j, index int64 [n], x [n, H, W, C], y [n]) -> (x_adv [n, H, W, C], fooled bool [n]),
+      where `index` holds the positions of the n examples in the batch.
     model_fn: x -> logits, to decide which examples are fooled.
     x, y: images [B, H, W, C] and int labels [B].
     num_runs: how many runs (static).
 
   Returns:
-    [B, H, W, C]: for each example fooled by some run, that first run's point; for the
-    others the last run's point (x where the clean input is already misclassified).
+    (x_adv [B, H, W, C], fooled bool [B]): for each example fooled by some run, that first
+    run's point; for the others the last run's point (x where the clean input is already
+    misclassified, which counts as fooled).
   """
   def predict(images):
     return tf.argmax(model_fn(images), axis=-1, output_type=tf.int32)
@@ -303,8 +327,8 @@ def first_success_on_robust(run, model_fn: core.ModelFn, x, y, num_runs: int
   def body(j, x_adv, robust):
     index = tf.where(robust)[:, 0]
     xs, ys = tf.gather(x, index), tf.gather(y, index)
-    candidate = run(j, index, xs, ys)
-    fooled = tf.not_equal(predict(candidate), ys)
+    candidate, fooled = run(j, index, xs, ys)
+    fooled = tf.logical_or(fooled, tf.not_equal(predict(candidate), ys))
     rows = index[:, None]
     return (j + 1, tf.tensor_scatter_nd_update(x_adv, rows, candidate),
             tf.tensor_scatter_nd_update(robust, rows, tf.logical_not(fooled)))
@@ -314,12 +338,13 @@ def first_success_on_robust(run, model_fn: core.ModelFn, x, y, num_runs: int
     return tf.logical_and(j < num_runs, tf.reduce_any(robust))
 
   robust = tf.equal(predict(x), y)
-  _, x_adv, _ = tf.while_loop(cond, body, (tf.constant(0), x, robust))
-  return x_adv
+  _, x_adv, robust = tf.while_loop(cond, body, (tf.constant(0), x, robust))
+  return x_adv, tf.logical_not(robust)
 
 
 def apgd_targeted(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 100,
-                  num_target_classes: int = 9, seed: tf.Tensor | None = None) -> tf.Tensor:
+                  num_target_classes: int = 9, seed: tf.Tensor | None = None,
+                  return_fooled: bool = False):
   """APGD-T: APGD on the targeted DLR loss towards each of the top runner-up classes.
 
   Target t_j (j = 1 .. num_target_classes) is the class ranked j-th highest after the first on
@@ -334,9 +359,11 @@ def apgd_targeted(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 
     num_steps: iterations per target class.
     num_target_classes: how many target classes to try, at most K - 1.
     seed: optional stateless seed [2]; run j starts from fold_in(seed, j).
+    return_fooled: also return which examples the attack found misclassified.
 
   Returns:
-    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
+    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1]; with
+    `return_fooled`, (images, fooled bool [B]) (see `first_success_on_robust`).
   """
   eps = _check(eps, num_steps, num_target_classes)
   x = tf.convert_to_tensor(x, tf.float32)
@@ -354,7 +381,9 @@ def apgd_targeted(model_fn: core.ModelFn, x, y, *, eps: float, num_steps: int = 
     loss_fn = lambda logits, rows: dlr_targeted_loss(logits, tf.gather(ys, rows),
                                                      tf.gather(targets, rows))
     start = _random_start(xs, eps, tf.random.experimental.stateless_fold_in(base_seed, j))
-    x_adv, _, _ = apgd_run(loss_fn, model_fn, xs, ys, start, eps=eps, num_steps=num_steps)
-    return x_adv
+    x_adv, fooled, _ = apgd_run(loss_fn, model_fn, xs, ys, start, eps=eps,
+                                num_steps=num_steps)
+    return x_adv, fooled
 
-  return tf.stop_gradient(first_success_on_robust(run, model_fn, x, y, num_target_classes))
+  return outcome(*first_success_on_robust(run, model_fn, x, y, num_target_classes),
+                 return_fooled)

@@ -13,6 +13,17 @@ earlier attack still classify correctly, and an example counts as robust only if
   4. Square    5000 queries, p_init 0.8, 1 restart, p's schedule not rescaled to the budget
                (`resc_schedule=False` in the reference; `aad_tf.attacks.square`).
 
+An example counts as fooled by a stage if the stage itself found it misclassified (each attack
+returns its own per-example flags, from model_fn's logits at the point it returns) or if
+model_fn misclassifies the stage's point on the stage's sub-batch (the reference's check). Both
+are model_fn's verdicts on a point inside the ball, so neither is dropped for the other: the
+robust flags are never higher than the reference's check alone would give, and nothing is
+re-predicted afterwards at another batch size (APGD returns the first misclassified iterate,
+which lies near the boundary, where a batch-size-dependent rounding could flip it back; issue
+26). `autoattack_stages` returns these flags after each stage; `trainers.evaluate
+--attacks=autoattack` reports exactly them (the evaluation's own re-check of x_adv cannot
+change them: a robust example's x_adv is x, whose prediction is the 'clean' flag).
+
 Everything, the subsets included, is one graph: `autoattack` traces once inside a `tf.function`
 and copies nothing to the host between attacks.
 """
@@ -50,23 +61,26 @@ def stage_attacks(model_fn: core.ModelFn, *, eps: float, num_steps: int = NUM_ST
                   num_target_classes: int = NUM_TARGET_CLASSES,
                   square_queries: int = SQUARE_QUERIES,
                   model: keras.Model | None = None) -> dict[str, object]:
-  """The four attacks of the standard version by name: (x, y, stateless seed) -> x_adv.
+  """The four attacks of the standard version by name: (x, y, stateless seed) -> (x_adv,
+  fooled bool [n]), fooled being the attack's own verdict.
 
   `model`, the Keras model that model_fn runs, is optional; Square uses it to recompute only
-  the activations its window reaches (`aad_tf.attacks.windowed`).
+  the activations its window reaches (`aad_tf.attacks.windowed`), when model_fn is the model's
+  own inference call.
   """
   return {
       'apgd_ce': lambda xs, ys, s: apgd_lib.apgd(
-          model_fn, xs, ys, eps=eps, num_steps=num_steps, loss='ce', seed=s),
+          model_fn, xs, ys, eps=eps, num_steps=num_steps, loss='ce', seed=s,
+          return_fooled=True),
       'apgd_t': lambda xs, ys, s: apgd_lib.apgd_targeted(
           model_fn, xs, ys, eps=eps, num_steps=num_steps,
-          num_target_classes=num_target_classes, seed=s),
+          num_target_classes=num_target_classes, seed=s, return_fooled=True),
       'fab_t': lambda xs, ys, s: fab_lib.fab_targeted(
           model_fn, xs, ys, eps=eps, num_steps=num_steps,
-          num_target_classes=num_target_classes),
+          num_target_classes=num_target_classes, return_fooled=True),
       'square': lambda xs, ys, s: square_lib.square_linf(
           model_fn, xs, ys, eps=eps, num_queries=square_queries, p_init=SQUARE_P_INIT,
-          seed=s, model=model, rescale_schedule=False),
+          seed=s, model=model, rescale_schedule=False, return_fooled=True),
   }
 
 
@@ -91,7 +105,9 @@ def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
 
   Returns:
     (x_adv [B, H, W, C] (stop_gradient, in the ball and in [0, 1]), robust): robust maps
-    'clean' and each name of `STAGES` to bool [B], correctly classified after that attack.
+    'clean' and each name of `STAGES` to bool [B], correctly classified after that attack: not
+    fooled by it or an earlier one (module docstring); robust['square'] is AutoAttack's result.
+    x_adv is x where robust['square'] holds.
   """
   eps = core.check_eps(eps)
   x = tf.convert_to_tensor(x, tf.float32)
@@ -113,8 +129,8 @@ def autoattack_stages(model_fn: core.ModelFn, x, y, *, eps: float,
 
     def attack(index=index, name=name, stage_seed=stage_seed):
       xs, ys = tf.gather(x, index), tf.gather(y, index)
-      candidate = attacks[name](xs, ys, stage_seed)
-      return candidate, tf.not_equal(predict(candidate), ys)
+      candidate, fooled = attacks[name](xs, ys, stage_seed)
+      return candidate, tf.logical_or(fooled, tf.not_equal(predict(candidate), ys))
 
     def nothing_left(index=index):
       return tf.gather(x, index), tf.zeros(tf.shape(index), tf.bool)

@@ -6,17 +6,20 @@ and one random sign per channel, sets the perturbation of every example not yet 
 +-eps inside that window, and keeps each example's proposal if it lowers its margin loss
 z_y - max_{j != y} z_j. This is AutoAttack's version (its `square.py`): one window and one sign
 for the whole batch per iteration, no redraw of proposals that change nothing (the authors'
-first code drew a window per example and redrew those); AutoAttack's integer draw never puts
-the corner on the last row or column, ours can.
+first code drew a window per example and redrew those).
 
   * start: vertical stripes, delta[b, :, w, c] = +-eps (one sign per column and channel);
   * s = round(sqrt(p * H * W)), clipped to [1, min(H, W) - 1], where the fraction of changed
     pixels p follows the authors' piecewise-constant schedule: p_init halved after 10, 50, 200,
     500, 1000, 2000, 4000, 6000 and 8000 of 10000 iterations (rescaled to the query budget);
+  * the window's corner is uniform over [0, H - s - 1] x [0, W - s - 1], as AutoAttack's
+    `random_int(0, h - s)` draws it (it truncates low + (high - low) * U[0, 1)): the window
+    never covers the last row or column;
   * an example stops once it is misclassified (margin <= 0) and is then no longer queried.
 
-The budget is counted in queries per example: the start costs one, each iteration one more.
-p_init defaults to 0.8, AutoAttack's value for its standard L-inf evaluation.
+The budget counts as in the reference (`n_queries`): `num_queries` iterations after the start,
+so at most 1 + num_queries queries per example. p_init defaults to 0.8, AutoAttack's value for
+its standard L-inf evaluation.
 
 Because the window is shared, a query changes every image in the same few pixels; given the
 Keras model, `windowed` recomputes only the activations those pixels reach (on the MNIST LeNet
@@ -61,7 +64,8 @@ def window_side(p: tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 1000,
                 p_init: float = 0.8, seed: tf.Tensor | None = None,
-                model: keras.Model | None = None, rescale_schedule: bool = True) -> tf.Tensor:
+                model: keras.Model | None = None, rescale_schedule: bool = True,
+                return_fooled: bool = False):
   """Untargeted Square Attack under an L-inf bound.
 
   Args:
@@ -69,7 +73,8 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
     x: images [B, H, W, C] in [0, 1], static H, W, C.
     y: int labels [B].
     eps: L-inf radius in [0, 1].
-    num_queries: query budget per example (>= 1).
+    num_queries: iterations after the stripes start (>= 0; the reference's n_queries): at most
+      1 + num_queries queries per example.
     p_init: initial fraction of pixels changed per iteration, in (0, 1].
     seed: optional stateless seed [2]; the start draws with it, iteration i with
       fold_in(seed, i + 1).
@@ -79,13 +84,16 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
       calls misclassified, calls outside the query budget); else every query is one forward
       pass of model_fn.
     rescale_schedule: stretch p's schedule to num_queries (see `p_schedule`; AutoAttack: no).
+    return_fooled: also return which examples the attack found misclassified.
 
   Returns:
-    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1].
+    Adversarial images [B, H, W, C] (stop_gradient), in the ball and in [0, 1]; with
+    `return_fooled`, (images, fooled bool [B]): margin <= 0 by model_fn's own logits (windowed
+    logits only propose: every margin that decides is model_fn's).
   """
   eps = core.check_eps(eps)
-  if int(num_queries) != num_queries or num_queries < 1:
-    raise ValueError(f'num_queries must be a positive integer, got {num_queries}.')
+  if isinstance(num_queries, bool) or int(num_queries) != num_queries or num_queries < 0:
+    raise ValueError(f'num_queries must be a non-negative integer, got {num_queries}.')
   if not 0.0 < p_init <= 1.0:
     raise ValueError(f'p_init must be in (0, 1], got {p_init}.')
   x = tf.convert_to_tensor(x, tf.float32)
@@ -106,18 +114,24 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
   def margins(logits, rows):
     return margin_loss(logits, tf.gather(y, rows))
 
+  def exact_margins(logits, images):
+    # The windowed plan's logits equal model_fn's to rounding only: margins that decide which
+    # examples are fooled come from model_fn itself.
+    return margin_loss(model_fn(images) if windowed.incremental else logits, y)
+
   stripes = signs(tf.stack([batch, 1, width, channels]), seed)
   logits, state = windowed.full(tf.clip_by_value(x + stripes, 0.0, 1.0))
-  margin_best = margin_loss(logits, y)
+  margin_best = exact_margins(logits, state[0])
 
   def body(i, margin_best, state):
     active = tf.where(margin_best > 0)[:, 0]  # only examples not yet fooled are queried
     side = window_side(p_schedule(i, num_queries, p_init, rescale_schedule), height, width)
     seeds = tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, i + 1), 3)
-    # One window and one sign per channel for all examples, as in AutoAttack's Square.
-    corner = (tf.random.stateless_uniform([], seeds[0], 0, height - side + 1, tf.int32),
-              tf.random.stateless_uniform([], seeds[1], 0, width - side + 1, tf.int32))
+    # One window and one sign per channel for all examples, as in AutoAttack's Square; the
+    # corner in [0, H - s - 1] (maxval is exclusive), as the reference draws it.
+    corner = (tf.random.stateless_uniform([], seeds[0], 0, height - side, tf.int32),
+              tf.random.stateless_uniform([], seeds[1], 0, width - side, tf.int32))
     x_window = tf.gather(tf.slice(x, tf.stack([0, corner[0], corner[1], 0]),
                                   tf.stack([-1, side, side, -1])), active)
     # x_best + 2 eps sign, clipped to the ball and to [0, 1], is x + eps sign clipped.
@@ -144,16 +158,17 @@ def square_linf(model_fn: core.ModelFn, x, y, *, eps: float, num_queries: int = 
     if windowed.accumulates:
       def refresh():  # exact values again; examples already fooled keep their margin
         logits, fresh = windowed.full(state[0])
-        return tf.where(margin_best > 0, margin_loss(logits, y), margin_best), fresh
+        return tf.where(margin_best > 0, exact_margins(logits, state[0]), margin_best), fresh
       margin_best, state = tf.cond((i + 1) % windowed_lib.REFRESH_EVERY == 0, refresh,
                                    lambda: (margin_best, state))
     return i + 1, margin_best, state
 
   def cond(i, margin_best, state):
     del state
-    return tf.logical_and(i < num_queries - 1, tf.reduce_any(margin_best > 0))
+    return tf.logical_and(i < num_queries, tf.reduce_any(margin_best > 0))
 
-  _, _, state = tf.while_loop(cond, body, (tf.constant(0), margin_best, state))
+  _, margin_best, state = tf.while_loop(cond, body, (tf.constant(0), margin_best, state))
   # The clip to [0, 1] and the +-eps construction keep x_best in the ball; project anyway so that
   # float rounding can never leave it.
-  return tf.stop_gradient(core.project(state[0], x, eps))
+  x_adv = tf.stop_gradient(core.project(state[0], x, eps))
+  return (x_adv, margin_best <= 0) if return_fooled else x_adv

@@ -3,8 +3,9 @@
 Modules, lowest first:
   suite.py        attacks by name (paper grid, A^3, APGD, Square, adaptive, AutoAttack),
                   AttackSettings, Target (what an attack may query), standard_attacks
-  loop.py         evaluate: every attack compiled once over a dataset -> Report (worst case)
-  tables.py       format_table / format_diagnostics: Markdown tables of a Report
+  loop.py         evaluate: every attack compiled once over a dataset -> Report (worst case,
+                  AutoAttack's stages, per-example flags as bit strings: to_bits / from_bits)
+  tables.py       format_table / format_stages / format_diagnostics: Markdown tables of a Report
   diagnostics.py  gradient-masking checks (gradient-free vs gradient, eps sweep, loss curve, ...)
   results.py      runs and seeds -> tables in the paper's Table 6 layout beside its numbers
 
@@ -32,9 +33,12 @@ from aad_tf.evaluation.loop import attack_seed
 from aad_tf.evaluation.loop import compile_attack
 from aad_tf.evaluation.loop import Report
 from aad_tf.evaluation.loop import evaluate
+from aad_tf.evaluation.loop import to_bits
+from aad_tf.evaluation.loop import from_bits
 
 from aad_tf.evaluation.tables import format_table
 from aad_tf.evaluation.tables import format_diagnostics
+from aad_tf.evaluation.tables import format_stages
 from aad_tf.evaluation.reports import versions
 from aad_tf.evaluation.reports import write_robustness
 

@@ -6,6 +6,17 @@ Each attack is wrapped in one `tf.function` with a fixed input signature (images
 so it traces once for the whole test set; random starts are stateless functions of
 (seed, attack name, batch index), so a report is reproducible. `worst_case` counts an example as
 robust only if it is classified correctly under every attack that was run (clean included).
+
+Which examples an attack fooled: the model's prediction on the attack's images, on the
+evaluation batch, and, for an attack that reports its own per-example verdict (APGD, FAB,
+Square: misclassified by model_fn at the point returned, as the attack evaluated it), that
+verdict too: an example is correct only if both say so. Both are model_fn's own verdicts on a
+point inside the ball, so the count is never above either alone; a re-prediction at another
+batch size, which can flip a point that sits on the boundary (APGD returns its first
+misclassified iterate), no longer undoes what the attack found (issue 26). AutoAttack reports
+the flags after each of its stages (`Report.stages`), and its result is exactly
+`autoattack_stages(...)[1]['square']` on the same batch with the same seed
+(`attack_seed(seed, 'autoattack', batch_index)`).
 """
 
 import dataclasses
@@ -41,12 +52,26 @@ def _as_attack(name: str, attack) -> Attack:
   raise ValueError(f'Attack {name!r} must be an evaluation.Attack, a callable or None.')
 
 
+def _verdicts(output, target: Target, y) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """(correct bool [B], stages) from what an attack's run returned (see `suite.RunFn`)."""
+  x_adv, own = output if isinstance(output, tuple) else (output, None)
+  correct = tf.equal(tf.argmax(target.model_fn(x_adv), axis=-1, output_type=tf.int32), y)
+  if isinstance(own, dict):  # correct after each stage; the last is the attack's outcome
+    return tf.logical_and(correct, list(own.values())[-1]), dict(own)
+  if own is not None:  # the examples the attack itself found misclassified
+    correct = tf.logical_and(correct, tf.logical_not(own))
+  return correct, {}
+
+
 def compile_attack(model: Target | keras.Model, attack, image_shape,
                    gradcam_layer: str | None = None) -> Callable[..., tf.Tensor]:
   """A compiled (x, y, seed=(0, 0)) -> bool [B] 'still correctly classified' under `attack`.
 
   One `tf.function` (the returned callable's `tf_function`) with input signature
   (float32 [None, *image_shape], int32 [None], int32 [2]): it traces once whatever the batch size.
+  It returns (correct [B], stages: stage name -> bool [B], empty unless the attack runs in
+  stages); the callable returns `correct` (module docstring), its `with_stages` both (NumPy,
+  the stages in the attack's order).
   """
   target = as_target(model, gradcam_layer)
   attack = _as_attack(getattr(attack, 'name', 'attack'), attack)
@@ -56,16 +81,27 @@ def compile_attack(model: Target | keras.Model, attack, image_shape,
   spec = (tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int32),
           tf.TensorSpec([2], tf.int32))
 
+  stage_order: list[str] = []  # a tf.function returns a dict with its keys sorted
+
   @tf.function(input_signature=spec)
   def correct(x, y, seed):
-    x_eval = x if attack.run is None else attack.run(target, x, y, seed)
-    pred = tf.argmax(target.model_fn(x_eval), axis=-1, output_type=tf.int32)
-    return tf.equal(pred, y)
+    flags, stages = _verdicts(x if attack.run is None else attack.run(target, x, y, seed),
+                              target, y)
+    stage_order[:] = list(stages)
+    return flags, stages
 
-  def call(x, y, seed=(0, 0)):
+  def run(x, y, seed):
     return correct(tf.cast(x, tf.float32), tf.cast(y, tf.int32),
                    tf.cast(tf.convert_to_tensor(seed), tf.int32))
 
+  def with_stages(x, y, seed=(0, 0)):
+    flags, stages = run(x, y, seed)
+    return flags.numpy(), {name: stages[name].numpy() for name in stage_order}
+
+  def call(x, y, seed=(0, 0)):
+    return run(x, y, seed)[0]
+
+  call.with_stages = with_stages
   call.tf_function = correct  # e.g. to count traces
   return call
 
@@ -82,6 +118,8 @@ class Report:
     skipped: attack name -> why it was not run.
     params: attack name -> its hyperparameters.
     diagnostics: gradient-masking checks (`evaluation.diagnostics.Diagnostic.to_json()` dicts).
+    stages: attack name -> stage name -> bool [num_examples], correct after that stage, for
+      attacks run in stages (AutoAttack: 'clean', 'apgd_ce', 'apgd_t', 'fab_t', 'square').
   """
   num_examples: int
   accuracy: dict[str, float]
@@ -90,6 +128,7 @@ class Report:
   skipped: dict[str, str] = dataclasses.field(default_factory=dict)
   params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   diagnostics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  stages: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   @property
   def worst_case_correct(self) -> np.ndarray:
@@ -108,12 +147,43 @@ class Report:
   def diagnostics_fired(self) -> list[str]:
     return [d['name'] for d in self.diagnostics if d.get('fired')]
 
+  @property
+  def stage_accuracy(self) -> dict[str, dict[str, float]]:
+    """attack name -> stage name -> accuracy after that stage (attacks run in stages)."""
+    return {name: {stage: float(v.mean()) if v.size else float('nan')
+                   for stage, v in stages.items()} for name, stages in self.stages.items()}
+
   def to_json(self) -> dict[str, object]:
+    """The report as robustness.json holds it.
+
+    'correct' holds the per-example flags as bit strings (`to_bits`): character i is '1' if
+    example i of the evaluation (test example first_example + i) is classified correctly under
+    that attack (for worst_case: under every attack). 'stages' holds, per attack run in stages,
+    the accuracy after each stage and the same bit strings per stage. Two evaluations compare
+    example by example with `from_bits`.
+    """
     return {'num_examples': self.num_examples,
             'accuracy': {**self.accuracy, WORST_CASE: self.worst_case},
             'seconds': self.seconds, 'skipped': self.skipped, 'attacks': self.params,
+            'stages': {name: {'accuracy': self.stage_accuracy[name],
+                              'correct': {stage: to_bits(v) for stage, v in stages.items()}}
+                       for name, stages in self.stages.items()},
+            'correct': {**{name: to_bits(v) for name, v in self.correct.items()},
+                        WORST_CASE: to_bits(self.worst_case_correct)},
             'diagnostics': self.diagnostics,
             'gradient_masking_suspected': bool(self.diagnostics_fired)}
+
+
+def to_bits(flags) -> str:
+  """bool [N] -> 'N characters, '1' where True' (robustness.json's per-example flags)."""
+  return ''.join('1' if flag else '0' for flag in np.asarray(flags, bool))
+
+
+def from_bits(bits: str) -> np.ndarray:
+  """The inverse of `to_bits`: bool [N]."""
+  if set(bits) - {'0', '1'}:
+    raise ValueError('Per-example flags are a string of 0 and 1.')
+  return np.frombuffer(bits.encode(), np.uint8) == ord('1')
 
 
 def evaluate(model: Target | keras.Model, dataset: tf.data.Dataset,
@@ -150,14 +220,22 @@ def evaluate(model: Target | keras.Model, dataset: tf.data.Dataset,
     fn = compile_attack(target, attack, image_shape)
     started = time.time()
     chunks: list[np.ndarray] = []
+    stage_chunks: dict[str, list[np.ndarray]] = {}
     bar = keras.utils.Progbar(num_batches if num_batches > 0 else None, unit_name='batch',
                               verbose=1 if progress else 0)
     logging.info('Running %s (%s).', name, attack.params or 'no attack')
     for index, (x, y) in enumerate(dataset):
-      chunks.append(fn(x, y, attack_seed(seed, name, first_batch + index)).numpy())
+      flags, stages = fn.with_stages(x, y, attack_seed(seed, name, first_batch + index))
+      chunks.append(flags)
+      for stage, stage_flags in stages.items():
+        stage_chunks.setdefault(stage, []).append(stage_flags)
       bar.add(1, values=[('acc', float(np.concatenate(chunks).mean()))])
     correct = np.concatenate(chunks) if chunks else np.zeros([0], bool)
     report.correct[name] = correct
+    if stage_chunks:
+      report.stages[name] = {stage: np.concatenate(v) for stage, v in stage_chunks.items()}
+      logging.info('%s after each stage: %s', name, ', '.join(
+          f'{stage} {v:.4f}' for stage, v in report.stage_accuracy[name].items()))
     report.accuracy[name] = float(correct.mean()) if correct.size else float('nan')
     report.seconds[name] = time.time() - started
     report.params[name] = dict(attack.params)

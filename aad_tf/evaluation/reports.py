@@ -31,6 +31,10 @@ def write_robustness(output_dir: str, report: Report, table: str, *, row_name: s
                      first_example: int, wall_time: float, settings: Mapping[str, Any]) -> None:
   """Writes robustness.json (the report, settings, versions) and robustness.md (the tables).
 
+  robustness.json holds `Report.to_json()`: the accuracies, AutoAttack's accuracy after each
+  stage ('stages') and the per-example flags as bit strings ('correct', `loop.to_bits`), so
+  two evaluations compare example by example.
+
   Args:
     output_dir: created if needed.
     report: the suite's evaluation.Report (diagnostics included).

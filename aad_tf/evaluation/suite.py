@@ -22,9 +22,11 @@ Attacks by name (lower-case paper headers; `ALL_ATTACKS` is the full suite):
                             `apgd_target_classes` classes (AutoAttack's FAB-T; optional).
   autoattack                AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square with
                             5000 queries, each on the examples still robust;
-                            `aad_tf.attacks.autoattack`), its fixed budgets whatever the settings; optional.
+                            `aad_tf.attacks.autoattack`), its fixed budgets whatever the settings;
+                            optional; the report keeps the accuracy after each stage.
   square                    gradient-free Square Attack (Andriushchenko et al. 2020),
-                            `square_queries` queries.
+                            `square_queries` iterations after its start (1 + square_queries
+                            queries per example at most, as the reference counts them).
   adaptive                  misclassify while keeping Grad-CAM close to the clean map
                             (`attacks.adaptive_attention`), PGD steps of 2.5 * eps / k.
 The A^3 attacks and `adaptive` need the Grad-CAM features of the model (a Keras classifier and its
@@ -145,7 +147,7 @@ class AttackSettings:
     apgd_num_steps: APGD iterations per restart (paper: 100).
     apgd_restarts: APGD random restarts.
     apgd_target_classes: target classes of apgd_t.
-    square_queries: Square Attack query budget per example.
+    square_queries: Square Attack iterations after its start (1 + square_queries queries).
     square_p_init: Square Attack initial fraction of changed pixels.
     adaptive_num_steps: steps of the adaptive attack.
     adaptive_weight: weight of the relative attention shift in the adaptive attack.
@@ -183,8 +185,11 @@ class AttackSettings:
     gradcam_lib.check_normalize(self.gradcam_normalize)
 
 
-# run(target, x [B,H,W,C], y [B], seed int32 [2]) -> x_adv [B,H,W,C]
-RunFn = Callable[[Target, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+# run(target, x [B,H,W,C], y [B], seed int32 [2]) -> x_adv [B,H,W,C]; or (x_adv, fooled bool
+# [B]) from an attack that reports which examples it found misclassified itself; or (x_adv,
+# {stage name: bool [B] correct after that stage}) from an attack run in stages (AutoAttack),
+# its last stage's flags being its outcome. The evaluation keeps those verdicts (loop.py).
+RunFn = Callable[[Target, tf.Tensor, tf.Tensor, tf.Tensor], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,28 +272,29 @@ def make_attack(name: str, settings: AttackSettings) -> Attack:
     loss = name.split('_')[1]
     return Attack(name, lambda t, x, y, seed: apgd_lib.apgd(
         t.model_fn, x, y, eps=eps, num_steps=s.apgd_num_steps, loss=loss,
-        num_restarts=s.apgd_restarts, seed=seed),
+        num_restarts=s.apgd_restarts, seed=seed, return_fooled=True),
                   {'num_steps': s.apgd_num_steps, 'num_restarts': s.apgd_restarts,
                    'loss': loss})
   if name == 'apgd_t':
     return Attack(name, lambda t, x, y, seed: apgd_lib.apgd_targeted(
         t.model_fn, x, y, eps=eps, num_steps=s.apgd_num_steps,
-        num_target_classes=s.apgd_target_classes, seed=seed),
+        num_target_classes=s.apgd_target_classes, seed=seed, return_fooled=True),
                   {'num_steps': s.apgd_num_steps,
                    'num_target_classes': s.apgd_target_classes})
   if name == 'fab_t':
     return Attack(name, lambda t, x, y, seed: fab_lib.fab_targeted(
-        t.model_fn, x, y, eps=eps, num_target_classes=s.apgd_target_classes),
+        t.model_fn, x, y, eps=eps, num_target_classes=s.apgd_target_classes,
+        return_fooled=True),
                   {'num_steps': 100, 'num_target_classes': s.apgd_target_classes,
                    'alpha_max': fab_lib.ALPHA_MAX, 'eta': fab_lib.ETA, 'beta': fab_lib.BETA})
   if name == 'autoattack':
-    return Attack(name, lambda t, x, y, seed: autoattack_lib.autoattack(
+    return Attack(name, lambda t, x, y, seed: autoattack_lib.autoattack_stages(
         t.model_fn, x, y, eps=eps, seed=seed, model=t.keras_model),
                   autoattack_lib.standard_params())
   if name == 'square':
     return Attack(name, lambda t, x, y, seed: square_lib.square_linf(
         t.model_fn, x, y, eps=eps, num_queries=s.square_queries, p_init=s.square_p_init,
-        seed=seed, model=t.keras_model),
+        seed=seed, model=t.keras_model, return_fooled=True),
                   {'num_queries': s.square_queries, 'p_init': s.square_p_init},
                   gradient_free=True)
   if name == 'adaptive':

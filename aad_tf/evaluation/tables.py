@@ -41,7 +41,8 @@ def format_table(report: Report, row_name: str = 'model') -> str:
   The attacks are grouped as in the paper: the grid (Table 6: clean, fgsm, pgd<k>, cw<k>), the
   A^3 pairs (Table 7; `pgd_a3` sits next to the plain PGD with the same steps when that was run)
   and the strong attacks; `worst_case` ends the last table. One group gives one table, without a
-  title. Skipped attacks and the gradient-masking diagnostics follow.
+  title. The accuracy after each stage of attacks run in stages (AutoAttack), skipped attacks
+  and the gradient-masking diagnostics follow.
   """
   sections = [[], [], []]
   for name in report.accuracy:
@@ -61,10 +62,21 @@ def format_table(report: Report, row_name: str = 'model') -> str:
     columns = names + ([WORST_CASE] if index == len(groups) - 1 else [])
     table = _table(columns, row_name, values)
     blocks.append(f'{title}\n\n{table}' if len(groups) > 1 else table)
+  if report.stages:
+    blocks.append(format_stages(report, row_name))
   if report.skipped:
     blocks.append('Skipped: ' + '; '.join(f'{n} ({why})' for n, why in report.skipped.items()))
   if report.diagnostics:
     blocks.append(format_diagnostics(report.diagnostics))
+  return '\n\n'.join(blocks)
+
+
+def format_stages(report: Report, row_name: str = 'model') -> str:
+  """Per attack run in stages (AutoAttack), a Markdown table of the accuracy (%) after each."""
+  blocks = []
+  for name, accuracy in report.stage_accuracy.items():
+    blocks.append(f'{name}: accuracy after each stage\n\n'
+                  + _table(list(accuracy), row_name, accuracy))
   return '\n\n'.join(blocks)
 
 
