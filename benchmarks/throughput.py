@@ -11,7 +11,8 @@ run. The header names the CPU and its bfloat16 support (AMX, AVX512_BF16 or none
 slower than float32); the JSON records both. The other measurements (ratios to madry, aad/*
 diagnostics, Grad-CAM, the FLOP fractions) are those of the first precision.
 
-For each --models entry (model:dataset:batch), and for each training variant (raw, madry,
+For each --models entry (model:dataset:batch, or model:dataset:batch:width for a backbone
+that takes a width, e.g. resnet9:cifar10:100:16), and for each training variant (raw, madry,
 madry+aad, alp, alp+aad at the same PGD steps), the compiled
 train step is warmed up, then the variants are timed round-robin for --rounds rounds of --steps
 steps each (interleaving spreads machine noise over all variants); the median images/s is reported
@@ -25,10 +26,12 @@ convolution (oneDNN's convolutions can run faster than its matmul, so a model's 
 the matmul rate; the larger of the two is reported as the machine's rate).
 """
 
+import inspect
 import json
 import os
 import statistics
 import time
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -51,7 +54,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The benchmark's flags (a function, so that tests can import this module)."""
   flags.DEFINE_list('models', ['lenet:mnist:100', 'resnet9:cifar10:32'],
-                    'model:dataset:batch entries, benchmarked one after another in this run.')
+                    'model:dataset:batch[:width] entries, benchmarked one after another in this run.')
   flags.DEFINE_string('data_dir', None, 'Directory with <dataset>.npz; random images if unset.')
   flags.DEFINE_integer('pgd_steps', 10, 'PGD steps of every adversarial variant and attack.')
   flags.DEFINE_integer('steps', 5, 'Timed train steps per variant per round.')
@@ -122,21 +125,35 @@ def conv_flops_per_second(repeats: int = 3, timer=time.perf_counter) -> float:
   return 2.0 * 64 * 16 * 16 * 9 * 256 * 256 * repeats / (timer() - started)
 
 
-def parse_models(entries):
-  """'model:dataset:batch' strings -> [(model, DatasetInfo, batch)]; bad entries are UsageErrors."""
+class ModelEntry(NamedTuple):
+  name: str
+  info: data_lib.DatasetInfo
+  batch: int
+  width: Optional[int] = None  # the backbone's `width` (ResNet9's first stage), None: its default
+
+  def model_kwargs(self) -> dict:
+    return {} if self.width is None else {'width': self.width}
+
+
+def parse_models(entries) -> list:
+  """'model:dataset:batch[:width]' strings -> [ModelEntry]; bad entries are UsageErrors."""
   parsed = []
   for entry in entries:
     parts = entry.split(':')
-    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
-      raise app.UsageError(f'--models entry {entry!r} is not model:dataset:batch, e.g. lenet:mnist:100')
+    if (len(parts) not in (3, 4) or not all(p.isdigit() and int(p) >= 1 for p in parts[2:])):
+      raise app.UsageError(f'--models entry {entry!r} is not model:dataset:batch[:width], e.g. '
+                           'lenet:mnist:100 or resnet9:cifar10:100:16')
     name, dataset, batch = parts[0], parts[1], int(parts[2])
+    width = int(parts[3]) if len(parts) == 4 else None
     if name not in models.available_models():
       raise app.UsageError(f'--models: unknown model {name!r}; known: {", ".join(models.available_models())}')
+    if width is not None and 'width' not in inspect.signature(models.get_spec(name).builder).parameters:
+      raise app.UsageError(f'--models entry {entry!r}: model {name!r} takes no width.')
     try:
       info = data_lib.get_info(dataset)
     except ValueError as e:
       raise app.UsageError(f'--models: {e}') from e
-    parsed.append((name, info, batch))
+    parsed.append(ModelEntry(name, info, batch, width))
   return parsed
 
 
@@ -160,20 +177,20 @@ def parse_precisions(values):
   return list(dict.fromkeys(resolved))
 
 
-def build_classifier(model_name: str, info, dtype: str = 'float32') -> keras.Model:
+def build_classifier(model_name: str, info, dtype: str = 'float32', **model_kwargs) -> keras.Model:
   """The backbone in `dtype` ('float32' or 'bfloat16'), with the same weights in both."""
   keras.utils.set_random_seed(0)
   with precision.dtype_policy(precision.keras_policy(dtype)):
     return models.get_model(model_name, input_shape=info.image_shape,
-                            num_classes=info.num_classes)
+                            num_classes=info.num_classes, **model_kwargs)
 
 
 def build_trainer(model_name: str, variant: str, info,
-                  dtype: str = 'float32') -> defense_lib.AADModel:
+                  dtype: str = 'float32', **model_kwargs) -> defense_lib.AADModel:
   defense, _, aad = variant.partition('_')
   aad, _, mode = aad.partition('_')
   defense = 'none' if defense == 'raw' else defense
-  classifier = build_classifier(model_name, info, dtype)
+  classifier = build_classifier(model_name, info, dtype, **model_kwargs)
   eps = info.eval_eps  # the registry entry's evaluation budget
   config = defense_lib.DefenseConfig(
       defense=defense, aad=aad == 'aad', attention_mode=mode or 'inference',
@@ -200,10 +217,11 @@ def time_call(fn, repeats: int) -> float:
   return timer() - started
 
 
-def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
+def benchmark_model(entry: ModelEntry, rates: dict) -> dict:
   """Train-step, Grad-CAM, forward and PGD throughput of one backbone; `rates` in FLOP/s."""
+  model_name, info, b, kw = entry.name, entry.info, entry.batch, entry.model_kwargs()
   x, y = make_batch(info, b)
-  results = {'model': model_name, 'dataset': info.name, 'batch_size': b}
+  results = {'model': model_name, 'dataset': info.name, 'batch_size': b, 'width': entry.width}
 
   # Training steps and attacks of every precision, round-robin.
   precisions = parse_precisions(FLAGS.mixed_precision)
@@ -211,10 +229,10 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   calls = {}
   for dtype in precisions:
     for variant in FLAGS.variants:
-      step = tf.function(build_trainer(model_name, variant, info, dtype).train_step,
+      step = tf.function(build_trainer(model_name, variant, info, dtype, **kw).train_step,
                          reduce_retracing=True)
       calls[('train', variant, dtype)] = (lambda step=step: step((x, y))['loss'], FLAGS.steps)
-    attacked = build_classifier(model_name, info, dtype)
+    attacked = build_classifier(model_name, info, dtype, **kw)
     attacked_fn = lambda images, c=attacked: c(images, training=False)
     calls[('attack', f'pgd{FLAGS.pgd_steps}', dtype)] = (tf.function(lambda f=attacked_fn: attacks.pgd(
         f, x, y, eps=eps, step_size=eps / 4, num_steps=FLAGS.pgd_steps)), 1)
@@ -258,7 +276,7 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
   # The aad/* diagnostics (summaries.TrainSummaries, every --log_every steps) against a step.
   aad_variant = next((v for v in steps if v.endswith('_aad')), None)
   if aad_variant:
-    model = build_trainer(model_name, aad_variant, info, first)
+    model = build_trainer(model_name, aad_variant, info, first, **kw)
     diagnostics = lambda: model.aad_diagnostics(x, y)['grad_ratio_pres']
     diagnostics()  # trace
     reps = max(FLAGS.steps, 3)
@@ -271,7 +289,7 @@ def benchmark_model(model_name: str, info, b: int, rates: dict) -> dict:
 
   # Grad-CAM and attack throughput on one classifier.
   classifier = models.get_model(model_name, input_shape=info.image_shape,
-                                num_classes=info.num_classes)
+                                num_classes=info.num_classes, **kw)
   features = gradcam_lib.FeatureModel(classifier, models.get_spec(model_name).gradcam_layer)
   cam_fn = tf.function(lambda images, labels: gradcam_lib.gradcam(features.fn(), images, labels)[0])
   model_fn = lambda images: classifier(images, training=False)
@@ -318,7 +336,8 @@ def precision_table(r: dict, clock_name: str) -> str:
 
 def report(r: dict, clock_name: str) -> str:
   k = FLAGS.pgd_steps
-  lines = [f'{r["model"]}/{r["dataset"]}, batch {r["batch_size"]}, PGD-{k}, {clock_name} clock',
+  width = '' if r.get('width') is None else f' (width {r["width"]})'
+  lines = [f'{r["model"]}{width}/{r["dataset"]}, batch {r["batch_size"]}, PGD-{k}, {clock_name} clock',
            precision_table(r, clock_name), '',
            f'{next(iter(r["precisions"]))}:',
            '| variant | images/s | step time vs madry |', '|---|---|---|']
@@ -364,8 +383,8 @@ def main(argv):
         flush=True)
   print(f'machine: matmul {rates["matmul"] / 1e9:.0f} GFLOP/s, 3x3 conv '
         f'{rates["conv"] / 1e9:.0f} GFLOP/s ({clock_name} clock), TF {tf.__version__}')
-  for name, info, batch in entries:
-    r = benchmark_model(name, info, batch, rates)
+  for entry in entries:
+    r = benchmark_model(entry, rates)
     results['models'].append(r)
     print('\n' + report(r, clock_name), flush=True)
   if FLAGS.output:

@@ -2,6 +2,7 @@
 figures of autoattack_vs_art.py."""
 
 import os
+import types
 
 import numpy as np
 import pytest
@@ -27,15 +28,30 @@ def test_resnet9_flops_count_every_convolution():
 
 
 def test_parse_models_reads_entries():
-  parsed = throughput.parse_models(['lenet:mnist:100', 'resnet9:cifar10:32'])
-  assert [(name, info.name, batch) for name, info, batch in parsed] == [
-      ('lenet', 'mnist', 100), ('resnet9', 'cifar10', 32)]
+  parsed = throughput.parse_models(['lenet:mnist:100', 'resnet9:cifar10:32', 'resnet9:cifar10:8:16'])
+  assert [(e.name, e.info.name, e.batch, e.width) for e in parsed] == [
+      ('lenet', 'mnist', 100, None), ('resnet9', 'cifar10', 32, None), ('resnet9', 'cifar10', 8, 16)]
+
+
+def test_model_width_reaches_every_network_the_benchmark_builds(monkeypatch):
+  monkeypatch.setattr(throughput, 'FLAGS', types.SimpleNamespace(pgd_steps=1))
+  entry, = throughput.parse_models(['resnet9:cifar10:4:8'])
+  narrow = throughput.build_trainer(entry.name, 'madry_aad', entry.info, **entry.model_kwargs())
+  default = throughput.build_trainer(entry.name, 'madry_aad', entry.info)
+  # ResNet9's prep convolution has `width` filters (3x3x3 kernel).
+  assert narrow.classifier.get_layer('prep_conv').kernel.shape[-1] == 8
+  assert default.classifier.get_layer('prep_conv').kernel.shape[-1] == 64
+  attacked = throughput.build_classifier(entry.name, entry.info, **entry.model_kwargs())
+  assert attacked.get_layer('prep_conv').kernel.shape[-1] == 8
 
 
 @pytest.mark.parametrize('entry, message', [
     ('lenet:mnist', 'model:dataset:batch'),
     ('lenet:mnist:0', 'model:dataset:batch'),
     ('lenet:mnist:x', 'model:dataset:batch'),
+    ('resnet9:cifar10:8:0', 'model:dataset:batch'),
+    ('resnet9:cifar10:8:16:1', 'model:dataset:batch'),
+    ('lenet:mnist:8:16', "takes no width"),
     ('nope:mnist:10', "unknown model 'nope'"),
     ('lenet:nope:10', 'nope'),
 ])
