@@ -86,3 +86,29 @@ def test_cifar10_layout_compares_seed_zero_runs_with_madry_s0(tmp_path):
   lines = study.screen_table(rows, study.CIFAR10).splitlines()
   assert 'square' not in lines[0] and '| +2.0 |' in lines[3]
   assert study.load_screen(root) == []  # the MNIST layout finds none of these
+
+
+def test_aad_study_binary_draws_the_sensitivity_of_one_scaling(tmp_path, monkeypatch):
+  from absl import flags
+  from absl.testing import flagsaver
+  from trainers import aad_study
+  root = str(tmp_path / 'runs')
+  fake_run(root, 'confirm_madry_s0', aad=False, worst=0.80, subdir='screen_step600')
+  fake_run(root, 'screen_rms_softmax_a0_b10', aad=True, worst=0.81, scaling='rms_softmax',
+           alpha=0, beta=10)
+  fake_run(root, 'screen_none_a0_b10', aad=True, worst=0.50, scaling='none', alpha=0, beta=10)
+  points = aad_study.sensitivity_points(study.load_screen(root), 'rms_softmax')
+  # The baseline is the sweep's alpha = beta = 0; the other scaling's row is not in the sweep.
+  assert [(p.name, p.alpha, p.beta, p.accuracy['worst_case']) for p in points] == [
+      ('confirm_madry_s0', 0.0, 0.0, 0.80), ('screen_rms_softmax_a0_b10', 0.0, 10.0, 0.81)]
+  if 'sensitivity_scaling' not in flags.FLAGS:
+    aad_study.define_flags()
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # defaults, as a command line without flags would give
+  out = tmp_path / 'out'
+  for scaling, drawn in (('rms_softmax', True), ('', False)):
+    with flagsaver.flagsaver(runs=root, output_dir=str(out), sensitivity_scaling=scaling):
+      (out / 'sensitivity.png').unlink(missing_ok=True)
+      aad_study.main(['aad_study'])
+    assert (out / 'sensitivity.png').exists() == drawn
+  assert (out / 'screen.md').exists()

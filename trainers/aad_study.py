@@ -7,6 +7,10 @@ r"""Tables of the AAD studies: the screen, beside its Madry baseline.
 Reads the runs under --runs (default $AAD_TF_RUNS/aad_study, or $AAD_TF_RUNS/cifar10_study) and writes screen.md and
 screen.json (see aad_tf.study) to --output_dir. With --published, rows of an earlier table whose
 runs are not under --runs are kept (a run found there replaces its published row).
+
+It also draws sensitivity.png (the paper's Fig. 8) from the rows of one Grad-CAM scaling
+(--sensitivity_scaling) and the Madry baseline as alpha = beta = 0: accuracy against alpha at
+--fixed_beta, and against beta at --fixed_alpha.
 """
 
 import json
@@ -30,7 +34,19 @@ def define_flags() -> None:
                       '$AAD_TF_RUNS/aad_study, AAD_TF_RUNS defaulting to ~/aad-tf-runs).')
   flags.DEFINE_string('published', None, 'A published screen.json whose rows are kept where '
                       'their runs are missing under --runs.')
-  flags.DEFINE_string('output_dir', None, 'Where screen.md and screen.json go.')
+  flags.DEFINE_string('output_dir', None, 'Where screen.md, screen.json and sensitivity.png go.')
+  flags.DEFINE_string('sensitivity_scaling', 'rms_softmax',
+                      'Grad-CAM scaling whose rows sensitivity.png shows (empty: no figure).')
+  flags.DEFINE_float('fixed_alpha', 0.0, 'The alpha of the figure\'s varying-beta panel.')
+  flags.DEFINE_float('fixed_beta', None, 'The beta of the figure\'s varying-alpha panel '
+                     '(default: the most common beta of the rows).')
+
+
+def sensitivity_points(rows, scaling: str) -> list:
+  """The rows of `scaling`, and the baseline as alpha = beta = 0, as the figure's sweep points."""
+  from aad_tf import figures  # matplotlib: only when a figure is drawn
+  return [figures.SweepPoint(r.name, r.alpha, r.beta, r.accuracy) for r in rows
+          if r.scaling in (scaling, '-')]
 
 
 def main(argv):
@@ -55,6 +71,16 @@ def main(argv):
   with open(os.path.join(FLAGS.output_dir, 'screen.json'), 'w') as f:
     json.dump(study.screen_json(rows), f, indent=2, sort_keys=True)
   logging.info('Wrote %d rows to %s.', len(rows), FLAGS.output_dir)
+  points = (sensitivity_points(rows, FLAGS.sensitivity_scaling) if FLAGS.sensitivity_scaling
+            else [])
+  if len(points) > 1:
+    from aad_tf import figures
+    fig = figures.sensitivity_figure(
+        points, fixed_alpha=FLAGS.fixed_alpha, fixed_beta=FLAGS.fixed_beta,
+        attacks_to_plot=[a for a in layout.attacks if a != 'clean'],
+        title=f'Sensitivity to the AAD loss weights ({FLAGS.sensitivity_scaling} maps)')
+    logging.info('Wrote %s.', figures.save_png(fig, os.path.join(FLAGS.output_dir,
+                                                                  'sensitivity.png')))
   print(table, flush=True)  # the table is the binary's result: printed once, on stdout
 
 
