@@ -72,7 +72,7 @@ for run in "$@"; do
       [ -f $dir/robustness.json ] || python -m trainers.evaluate --model_dir=$dir \
         --data_dir="$DATA" --eval_examples=1000 ;;
     tables) python -m trainers.aad_study --runs=$RUNS --output_dir=docs/results/aad_study \
-      --published=docs/results/aad_study/screen.json ;;
+      --published=docs/results/aad_study/screen.json --fixed_alpha=0 --fixed_beta=1 ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done

@@ -54,7 +54,8 @@ for run in "$@"; do
       train $dir --flagfile=flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=$scaling \
         --alpha=$alpha --beta=$beta --seed=$seed ;;
     tables)
-      python -m trainers.aad_study --study=cifar10 --runs=$RUNS --output_dir=docs/results/cifar10_study
+      python -m trainers.aad_study --study=cifar10 --runs=$RUNS --output_dir=docs/results/cifar10_study \
+        --fixed_alpha=0 --fixed_beta=0.1
       continue ;;
     *) echo "unknown run '$run' (madry_s<k>, aad_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
             "tables)" >&2; exit 2 ;;
