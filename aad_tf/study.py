@@ -39,7 +39,7 @@ class Layout:
 
 
 MNIST = Layout(baseline='*/screen_step600', runs='screen_*', attacks=SCREEN_ATTACKS, eps='0.3')
-CIFAR10 = Layout(baseline='madry_s0/screen', runs='aad_*_s0',
+CIFAR10 = Layout(baseline='madry_s0/screen', runs='aad*_s0',
                  attacks=('clean', 'pgd100', 'apgd_ce', 'worst_case'), eps='8/255')
 LAYOUTS = {'mnist': MNIST, 'cifar10': CIFAR10}
 DIAGNOSTICS = ('grad_ratio_rect', 'grad_ratio_pres', 'cos_rect', 'cos_pres', 'map_max',
@@ -57,6 +57,8 @@ class ScreenRow:
     num_examples: how many test images.
     diagnostics_mean, diagnostics_last: aad/* values, mean over the run's logs and the last log
       (empty for the baseline).
+    attention_mode: how its attention passes ran (`DefenseConfig.attention_mode`; '-' for the
+      baseline). Rows published before the field existed were 'inference'.
   """
   name: str
   scaling: str
@@ -66,6 +68,7 @@ class ScreenRow:
   num_examples: int
   diagnostics_mean: Dict[str, float]
   diagnostics_last: Dict[str, float]
+  attention_mode: str = 'inference'
 
 
 def _read(path: str) -> Optional[dict]:
@@ -94,7 +97,8 @@ def load_row(run_dir: str, screen_subdir: str = 'screen') -> Optional[ScreenRow]
       accuracy={k: float(v) for k, v in suite.get('accuracy', {}).items()},
       num_examples=int(suite.get('num_examples', 0)),
       diagnostics_mean=dict(diagnostics.get('mean') or {}),
-      diagnostics_last={k: v for k, v in history[-1].items() if k != 'step'})
+      diagnostics_last={k: v for k, v in history[-1].items() if k != 'step'},
+      attention_mode=defense.get('attention_mode', 'inference') if aad else '-')
 
 
 def load_screen(runs_dir: str, layout: Layout = MNIST) -> List[ScreenRow]:
@@ -108,7 +112,12 @@ def load_screen(runs_dir: str, layout: Layout = MNIST) -> List[ScreenRow]:
 def load_published(path: str) -> List[ScreenRow]:
   """The rows of a published screen.json (`screen_json`'s output), e.g. from an earlier session."""
   with open(path) as f:
-    return [ScreenRow(**row) for row in json.load(f)]
+    return load_published_rows(json.load(f))
+
+
+def load_published_rows(rows: Sequence[dict]) -> List[ScreenRow]:
+  """`screen_json`'s rows back as ScreenRows."""
+  return [ScreenRow(**row) for row in rows]
 
 
 def merge_published(rows: Sequence[ScreenRow], published: Sequence[ScreenRow]) -> List[ScreenRow]:
@@ -139,7 +148,9 @@ def screen_table(rows: Sequence[ScreenRow], layout: Layout = MNIST) -> str:
              f'{100 * (worst - baseline.accuracy["worst_case"]):+.1f}')
     m, last = r.diagnostics_mean, r.diagnostics_last
     ratio = lambda k: ('-' if k not in m else f'{m[k]:.3f} / {last.get(k, float("nan")):.3f}')
-    cells = [r.name, r.scaling, f'{r.alpha:g}', f'{r.beta:g}',
+    # Attention passes on batch statistics are marked; the default (moving statistics) is not.
+    scaling = r.scaling + (', training-mode BN' if r.attention_mode == 'training' else '')
+    cells = [r.name, scaling, f'{r.alpha:g}', f'{r.beta:g}',
              *[_pct(r.accuracy.get(a)) for a in layout.attacks], delta,
              ratio('grad_ratio_rect'), ratio('grad_ratio_pres'),
              '-' if 'area_fraction' not in last else f'{last["area_fraction"]:.2f}',

@@ -14,10 +14,12 @@ def write(path, payload):
     json.dump(payload, f)
 
 
-def fake_run(root, name, *, aad, worst, scaling='max', alpha=0.1, beta=0.1, subdir='screen'):
+def fake_run(root, name, *, aad, worst, scaling='max', alpha=0.1, beta=0.1, subdir='screen',
+             attention_mode='inference'):
   run = os.path.join(root, name)
   write(os.path.join(run, 'config.json'),
-        {'defense': {'aad': aad, 'alpha': alpha, 'beta': beta, 'gradcam_normalize': scaling}})
+        {'defense': {'aad': aad, 'alpha': alpha, 'beta': beta, 'gradcam_normalize': scaling,
+                     'attention_mode': attention_mode}})
   accuracy = {'clean': 0.97, 'pgd100': worst + 0.02, 'apgd_ce': worst + 0.01,
               'square': worst + 0.03, 'worst_case': worst}
   write(os.path.join(run, subdir, 'robustness.json'), {'accuracy': accuracy, 'num_examples': 10})
@@ -86,6 +88,23 @@ def test_cifar10_layout_compares_seed_zero_runs_with_madry_s0(tmp_path):
   lines = study.screen_table(rows, study.CIFAR10).splitlines()
   assert 'square' not in lines[0] and '| +2.0 |' in lines[3]
   assert study.load_screen(root) == []  # the MNIST layout finds none of these
+
+
+def test_cifar10_screen_marks_runs_whose_attention_passes_use_batch_statistics(tmp_path):
+  root = str(tmp_path)
+  fake_run(root, 'madry_s0', aad=False, worst=0.30)
+  fake_run(root, 'aad_rms_softmax_a0.1_b0.1_s0', aad=True, worst=0.10, scaling='rms_softmax')
+  fake_run(root, 'aadtrain_rms_softmax_a0.1_b0.1_s0', aad=True, worst=0.31,
+           scaling='rms_softmax', attention_mode='training')
+  rows = study.load_screen(root, study.CIFAR10)
+  assert [r.attention_mode for r in rows] == ['-', 'inference', 'training']
+  lines = study.screen_table(rows, study.CIFAR10).splitlines()
+  assert '| rms_softmax |' in lines[3] and 'training-mode BN' not in lines[3]
+  assert '| rms_softmax, training-mode BN |' in lines[4] and '| +1.0 |' in lines[4]
+  # A table published before the field existed loads, as 'inference'.
+  published = study.screen_json(rows)
+  del published[1]['attention_mode']
+  assert study.load_published_rows(published)[1].attention_mode == 'inference'
 
 
 def test_aad_study_binary_draws_the_sensitivity_of_one_scaling(tmp_path, monkeypatch):

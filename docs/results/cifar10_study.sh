@@ -7,7 +7,9 @@
 #   docs/results/cifar10_study.sh tables        # rebuild docs/results/cifar10_study/ from runs
 #
 # Runs: madry_s<k> (flags/cifar10_madry_cpu.cfg --seed=k) and aad_<scaling>_a<alpha>_b<beta>_s<k>
-# (flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=<scaling> --alpha --beta --seed=k). The
+# (flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=<scaling> --alpha --beta --seed=k);
+# aadtrain_<scaling>_a<alpha>_b<beta>_s<k> is the same with --attention_mode=training (AAD's
+# attention passes on batch statistics, the network the classification loss trains). The
 # same seed gives the same weights at step 0, data order and training-attack noise, so runs pair
 # by seed. Screen: seed 0, evaluated with clean, PGD-100 and APGD-CE on test images 0-499
 # (<run>/screen/robustness.json). Confirm (any setting with a seed-1 run): seeds 0-2 of Madry and of the best AAD setting, the
@@ -40,7 +42,7 @@ evaluate() {  # dir, output dir, attacks, extra flags...
 }
 
 if [ "${1:-}" = resume ]; then  # every run directory under $RUNS, by name
-  set -- $(cd "$RUNS" 2>/dev/null && ls -d madry_s* aad_* 2>/dev/null || true)
+  set -- $(cd "$RUNS" 2>/dev/null && ls -d madry_s* aad_* aadtrain_* 2>/dev/null || true)
   echo "resuming under $RUNS: ${*:-nothing}" >&2
 fi
 for run in "$@"; do
@@ -48,16 +50,17 @@ for run in "$@"; do
   case $run in
     madry_s*)
       train $dir --flagfile=flags/cifar10_madry_cpu.cfg --seed=$seed ;;
-    aad_*)
-      spec=${run#aad_}; spec=${spec%_s*}
+    aad_*|aadtrain_*)
+      spec=${run#*_}; spec=${spec%_s*}
       scaling=${spec%%_a*}; alpha=${spec#*_a}; alpha=${alpha%%_b*}; beta=${spec##*_b}
+      mode=(); [ "${run%%_*}" = aadtrain ] && mode=(--attention_mode=training)
       train $dir --flagfile=flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=$scaling \
-        --alpha=$alpha --beta=$beta --seed=$seed ;;
+        --alpha=$alpha --beta=$beta --seed=$seed "${mode[@]}" ;;
     tables)
       python -m trainers.aad_study --study=cifar10 --runs=$RUNS --output_dir=docs/results/cifar10_study \
         --fixed_alpha=0 --fixed_beta=0.1
       continue ;;
-    *) echo "unknown run '$run' (madry_s<k>, aad_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
+    *) echo "unknown run '$run' (madry_s<k>, aad[train]_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
             "tables)" >&2; exit 2 ;;
   esac
   evaluate $dir $dir/screen $SCREEN_ATTACKS --nodiagnostics
