@@ -169,3 +169,17 @@ def test_windowed_square_benchmark_times_each_side_and_compares_the_attacks():
   result = windowed_square.run_square(model, x, y, queries=20, eps=0.3)
   assert result['identical_fraction'] >= 0.5
   assert result['windowed']['robust_accuracy'] == result['plain']['robust_accuracy']
+
+
+def test_batchnorm_gap_reads_entries_and_tabulates_the_three_accuracies():
+  from benchmarks import batchnorm_gap
+  assert batchnorm_gap.parse_entry('runs/a@ckpt-500') == ('runs/a', 'runs/a/checkpoints/ckpt-500')
+  assert batchnorm_gap.parse_entry('runs/a') == ('runs/a', None)
+  with pytest.raises(ValueError, match='Empty run directory'):
+    batchnorm_gap.parse_entry('@ckpt-5')
+  row = {'run': 'aad', 'origin': 'checkpoints/ckpt-500 (step 500)', 'inference': 0.106,
+         'batch_statistics': 0.394, 'recalibrated': 0.408,
+         'layers': [{'name': 'a', 'max_mean_shift': 0.2, 'variance_ratio': [0.5, 1.0, 1.2]},
+                    {'name': 'b', 'max_mean_shift': 1.3, 'variance_ratio': [0.8, 1.0, 2.3]}]}
+  line = batchnorm_gap.table([row]).splitlines()[2]
+  assert line == '| aad | checkpoints/ckpt-500 (step 500) | 10.6 | 39.4 | 40.8 | 1.30 | 0.50 - 2.30 |'
