@@ -5,6 +5,7 @@
 #   docs/results/cifar10_study.sh madry_s0 aad_none_a0.01_b0.01_s0 ...   # these runs
 #   docs/results/cifar10_study.sh resume        # every run found under $RUNS, resumed
 #   docs/results/cifar10_study.sh tables        # rebuild docs/results/cifar10_study/ from runs
+#   docs/results/cifar10_study.sh --dry_run RUN...   # print the commands, run nothing
 #
 # Runs: madry_s<k> (flags/cifar10_madry_cpu.cfg --seed=k) and aad_<scaling>_a<alpha>_b<beta>_s<k>
 # (flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=<scaling> --alpha --beta --seed=k);
@@ -31,16 +32,18 @@ STUDY_ATTACKS=clean,pgd100,cw100,apgd_ce,apgd_t,square,pgd_a3
 
 train() {  # dir, flags...
   local dir=$1; shift
-  [ -f $dir/eval.json ] || python -m trainers.main "$@" --data_dir="$DATA" --model_dir=$dir \
+  [ -f $dir/eval.json ] || $DRY python -m trainers.main "$@" --data_dir="$DATA" --model_dir=$dir \
     --eval_attacks=clean,fgsm,pgd20 --eval_examples=1000 ${EXTRA:-}
 }
 
 evaluate() {  # dir, output dir, attacks, extra flags...
   local dir=$1 out=$2 attacks=$3; shift 3
-  [ -f $out/robustness.json ] || python -m trainers.evaluate --model_dir=$dir --data_dir="$DATA" \
+  [ -f $out/robustness.json ] || $DRY python -m trainers.evaluate --model_dir=$dir --data_dir="$DATA" \
     --eval_examples=$EVAL_EXAMPLES --attacks=$attacks --output_dir=$out "$@"
 }
 
+DRY=
+if [ "${1:-}" = --dry_run ]; then DRY=echo; shift; fi
 if [ "${1:-}" = resume ]; then  # every run directory under $RUNS, by name
   set -- $(cd "$RUNS" 2>/dev/null && ls -d madry_s* aad_* aadtrain_* 2>/dev/null || true)
   echo "resuming under $RUNS: ${*:-nothing}" >&2
@@ -57,7 +60,7 @@ for run in "$@"; do
       train $dir --flagfile=flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=$scaling \
         --alpha=$alpha --beta=$beta --seed=$seed "${mode[@]}" ;;
     tables)
-      python -m trainers.aad_study --study=cifar10 --runs=$RUNS --output_dir=docs/results/cifar10_study \
+      $DRY python -m trainers.aad_study --study=cifar10 --runs=$RUNS --output_dir=docs/results/cifar10_study \
         --fixed_alpha=0 --fixed_beta=0.1
       continue ;;
     *) echo "unknown run '$run' (madry_s<k>, aad[train]_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
