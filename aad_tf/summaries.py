@@ -40,6 +40,19 @@ from aad_tf import figures
 
 LOG_SUBDIR = 'tensorboard'
 IMAGE_TAG = 'attention/maps'
+# aad/inference_gap above this warns: the evaluated (inference-mode) network lags the trained one.
+INFERENCE_GAP_WARNING = 0.25
+
+
+def inference_gap_warning(step: int, gap: float) -> Optional[str]:
+  """The warning for an aad/inference_gap above INFERENCE_GAP_WARNING, else None."""
+  if not gap > INFERENCE_GAP_WARNING:
+    return None
+  return (f'AAD at step {step}: the inference-mode network classifies {100 * gap:.0f}% fewer of '
+          'the diagnostic batch than the training-mode pass the loss saw. BatchNorm moving '
+          'statistics that no longer fit the weights do this: AAD terms strong enough to reach '
+          'the weights act on the inference-mode network unless --attention_mode=training '
+          '(docs/results/cifar10_study.md).')
 
 
 def log_dir(model_dir: str) -> str:
@@ -227,9 +240,13 @@ class TrainSummaries(keras.callbacks.Callback):
     self.aad_history.append({'step': self._step, **values})
     self.diagnostic_seconds += time.time() - started
     logging.info('AAD at step %d: grad ratio rect %.4f pres %.4f (cos %.2f, %.2f), map mean %.3g '
-                 'max %.3g, area %.2f.', self._step, values['grad_ratio_rect'],
-                 values['grad_ratio_pres'], values['cos_rect'], values['cos_pres'],
-                 values['map_mean'], values['map_max'], values['area_fraction'])
+                 'max %.3g, area %.2f, inference gap %+.2f.', self._step,
+                 values['grad_ratio_rect'], values['grad_ratio_pres'], values['cos_rect'],
+                 values['cos_pres'], values['map_mean'], values['map_max'],
+                 values['area_fraction'], values['inference_gap'])
+    warning = inference_gap_warning(self._step, values['inference_gap'])
+    if warning:
+      logging.warning(warning)
 
   def aad_summary(self) -> Optional[Dict[str, Any]]:
     """The diagnostics of this callback for eval.json: every write and the mean over them."""

@@ -431,6 +431,34 @@ def test_noise_free_terms_hold_under_mixed_bfloat16(batch):
   assert float(logs['rect_loss']) == 2 * -np.sqrt(np.float32(1e-12))
 
 
+def test_inference_gap_sees_moving_statistics_that_do_not_fit_the_weights():
+  from aad_tf.models import batchnorm
+  # Images of rising brightness, which this BatchNorm network tells apart (two classes).
+  ramp = np.linspace(0, 1, 12, dtype=np.float32)[:, None, None, None]
+  x = tf.constant(0.8 * ramp + 0.2 * images(12, seed=3))
+  classifier = bn_classifier(seed=5)
+  # Labels the training-mode network gets right; eps 0: x_adv = x, so the base loss's training
+  # pass classifies all of them.
+  y = tf.argmax(classifier(x, training=True), axis=-1, output_type=tf.int32)
+  config = defenses.DefenseConfig(defense='madry', aad=True, alpha=0.1, beta=0.1,
+                                  attack=defenses.AttackConfig(eps=0.0, step_size=0.1,
+                                                               num_steps=1))
+  model = defenses.AADModel(classifier, 'gradcam', config)
+  model.compile(optimizer=keras.optimizers.SGD(0.1))
+  bn = classifier.get_layer('bn')
+  batchnorm.recalibrate(classifier, x.numpy(), batch_size=12)  # moving stats = x's statistics
+  assert float(model.aad_diagnostics(x, y)['inference_gap']) == 0.0
+  # Moving statistics that no longer fit: means 3 sd off, variances 20x too small.
+  shift = 3.0 * np.sqrt(bn.moving_variance.numpy()) * np.array([1, -1, 1, -1], np.float32)
+  bn.moving_mean.assign(bn.moving_mean + shift)
+  bn.moving_variance.assign(bn.moving_variance * 0.05)
+  stale = float(model.aad_diagnostics(x, y)['inference_gap'])
+  inference = tf.argmax(classifier(x, training=False), axis=-1, output_type=tf.int32)
+  assert stale > 0.2
+  np.testing.assert_allclose(stale, 1.0 - float(tf.reduce_mean(tf.cast(inference == y,
+                                                                          tf.float32))), atol=0.1)
+
+
 def test_diagnostics_under_mixed_bfloat16_are_float32(batch):
   x, y = batch
   model = bf16_lenet_model(gradcam_normalize='max')

@@ -117,13 +117,21 @@ def test_event_files_hold_scalars_images_and_hparams(trained_run):
   assert image.shape == (int(height), int(width), 3) and image.std() > 10
   assert {float(v) for _, v in events['eval/pgd20']} == {0.25}
   for tag in ('grad_ratio_rect', 'grad_ratio_pres', 'cos_rect', 'map_mean', 'map_max',
-              'area_fraction', 'empty_area_fraction'):
+              'area_fraction', 'empty_area_fraction', 'inference_gap'):
     assert [s for s, _ in events[f'aad/{tag}']] == [2, 4, 6], tag
     assert all(np.isfinite(float(v)) for _, v in events[f'aad/{tag}'])
   assert all(float(v) > 0 for _, v in events['aad/grad_ratio_rect'])
   assert any(p == 'hparams' for p in plugins.values())
   for _, acc in events['train/clean_acc'] + events['train/adv_acc']:
     assert 0.0 <= float(acc) <= 1.0
+
+
+def test_a_large_inference_gap_warns_and_names_the_remedy():
+  assert summaries.inference_gap_warning(100, 0.0) is None
+  assert summaries.inference_gap_warning(100, summaries.INFERENCE_GAP_WARNING) is None
+  message = summaries.inference_gap_warning(100, 0.3)
+  assert 'step 100' in message and '30% fewer' in message
+  assert '--attention_mode=training' in message
 
 
 def free_port():

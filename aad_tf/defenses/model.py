@@ -233,7 +233,10 @@ class AADModel(keras.Model):
       map_mean (mean cell of the clean maps), map_max (mean over images of each map's maximum),
       adv_map_mean, area_fraction and adv_area_fraction (fraction of the image inside the clean /
       adversarial attention area), empty_area_fraction (images whose clean or adversarial area is
-      empty).
+      empty), inference_gap (accuracy of the training-mode logits the base loss saw, on x_adv or
+      else x, minus that of the inference-mode network on the same images: large when
+      BatchNorm's moving statistics no longer fit the weights, as when strong attention terms
+      act on the inference-mode network of a BatchNorm backbone; dropout noise lowers it).
     """
     if not self.config.aad:
       raise ValueError('aad_diagnostics needs an AAD model (DefenseConfig(aad=True)).')
@@ -261,6 +264,11 @@ class AADModel(keras.Model):
     empty = tf.logical_or(tf.reduce_max(terms.area, axis=[1, 2]) == 0,
                           tf.reduce_max(terms.adv_area, axis=[1, 2]) == 0)
     f32 = lambda t: tf.cast(t, tf.float32)
+    labels = tf.reshape(y, [-1])
+    accuracy = lambda logits: tf.reduce_mean(f32(tf.equal(
+        tf.argmax(logits, axis=-1, output_type=tf.int32), labels)))
+    seen, seen_logits = ((x_adv, terms.adv_logits) if terms.adv_logits is not None else
+                         (x, terms.clean_logits))
     return {
         'grad_norm_class': norm_c,
         'grad_ratio_rect': tf.norm(g_r) / (norm_c + tiny),
@@ -275,6 +283,8 @@ class AADModel(keras.Model):
         'area_fraction': tf.reduce_mean(gradcam_lib.area_fraction(terms.area)),
         'adv_area_fraction': tf.reduce_mean(gradcam_lib.area_fraction(terms.adv_area)),
         'empty_area_fraction': tf.reduce_mean(f32(empty)),
+        'inference_gap': (accuracy(seen_logits) -
+                          accuracy(self.classifier(seen, training=False))),
     }
 
   def train_step(self, data):
