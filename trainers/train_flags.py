@@ -60,7 +60,8 @@ def define_flags() -> None:
                     "text), max (per-image max) or rms_softmax (the authors' TF1 code).")
   flags.DEFINE_enum('attention_mode', 'inference', list(defense_lib.ATTENTION_MODES),
                     "AAD's attention passes: inference (no dropout noise, one BatchNorm update "
-                    "per step) or training (the earlier behaviour).")
+                    "per step) or training (batch statistics: use it for strong AAD terms on a "
+                    "BatchNorm backbone; see README).")
   flags.DEFINE_integer('aad_diagnostics_examples', 100,
                        'Training images of the aad/* TensorBoard diagnostics, computed every '
                        '--log_every steps (0: off).', lower_bound=0)
