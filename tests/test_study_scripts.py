@@ -82,3 +82,21 @@ def test_cifar10_study_run_names_give_the_settings(tmp_path):
   assert not runs_root.exists()  # a dry run creates nothing
   bad = run('aadbatch_none_a1_b1_s0')
   assert bad.returncode == 2 and "unknown run 'aadbatch_none_a1_b1_s0'" in bad.stderr
+
+
+def test_cifar10_study_tables_copy_every_runs_results_beside_the_tables(tmp_path):
+  runs = tmp_path / 'aad-tf-runs' / 'cifar10_study'
+  for path in ('madry_s1/eval.json', 'madry_s1/robustness.json', 'madry_s1/screen/robustness.json',
+               'collapsed_x_s0/screen_step500/robustness.json', 'madry_s1/config.json'):
+    (runs / path).parent.mkdir(parents=True, exist_ok=True)
+    (runs / path).write_text('{}')
+  env = dict(os.environ, AAD_TF_RUNS=str(tmp_path / 'aad-tf-runs'))
+  env.pop('RUNS', None)
+  result = subprocess.run([os.path.join(ROOT, 'docs/results/cifar10_study.sh'), '--dry_run',
+                           'tables'], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 0, result.stderr
+  copied = sorted(line.split()[-1].split('/')[-1] for line in result.stdout.splitlines()
+                  if line.startswith('cp '))
+  assert copied == ['collapsed_x_s0_screen_step500_robustness.json', 'madry_s1_eval.json',
+                    'madry_s1_robustness.json', 'madry_s1_screen_robustness.json']

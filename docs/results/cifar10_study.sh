@@ -62,6 +62,15 @@ for run in "$@"; do
     tables)
       $DRY python -m trainers.aad_study --study=cifar10 --runs=$RUNS --output_dir=docs/results/cifar10_study \
         --fixed_alpha=0 --fixed_beta=0.1
+      # Every run's results beside the tables: <run>_eval.json, <run>_robustness.json (study
+      # suite), <run>_screen_robustness.json, <run>_screen_step500_robustness.json, ...
+      for d in "$RUNS"/*/; do
+        name=$(basename "$d")
+        for path in "$d"eval.json "$d"robustness.json "$d"screen*/robustness.json; do
+          f=${path#"$d"}
+          [ -f "$path" ] && $DRY cp "$path" "docs/results/cifar10_study/${name}_${f//\//_}"
+        done
+      done
       continue ;;
     *) echo "unknown run '$run' (madry_s<k>, aad[train]_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
             "tables)" >&2; exit 2 ;;
