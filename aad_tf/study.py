@@ -149,7 +149,8 @@ def screen_table(rows: Sequence[ScreenRow], layout: Layout = MNIST) -> str:
     m, last = r.diagnostics_mean, r.diagnostics_last
     ratio = lambda k: ('-' if k not in m else f'{m[k]:.3f} / {last.get(k, float("nan")):.3f}')
     # Attention passes on batch statistics are marked; the default (moving statistics) is not.
-    scaling = r.scaling + (', training-mode BN' if r.attention_mode == 'training' else '')
+    scaling = r.scaling + {'training': ', training-mode BN',
+                           'batch': ', batch-statistics BN'}.get(r.attention_mode, '')
     cells = [r.name, scaling, f'{r.alpha:g}', f'{r.beta:g}',
              *[_pct(r.accuracy.get(a)) for a in layout.attacks], delta,
              ratio('grad_ratio_rect'), ratio('grad_ratio_pres'),

@@ -51,7 +51,7 @@ def inference_gap_warning(step: int, gap: float) -> Optional[str]:
   return (f'AAD at step {step}: the inference-mode network classifies {100 * gap:.0f}% fewer of '
           'the diagnostic batch than the training-mode pass the loss saw. BatchNorm moving '
           'statistics that no longer fit the weights do this: AAD terms strong enough to reach '
-          'the weights act on the inference-mode network unless --attention_mode=training '
+          'the weights act on the inference-mode network unless --attention_mode=batch '
           '(docs/results/cifar10_study.md).')
 
 

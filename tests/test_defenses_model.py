@@ -56,7 +56,8 @@ def batch(mnist_arrays):
   return (tf.constant(mnist_arrays.x_train[:16]), tf.constant(mnist_arrays.y_train[:16]))
 
 
-@pytest.mark.parametrize('mode, noise_free', [('inference', True), ('training', False)])
+@pytest.mark.parametrize('mode, noise_free', [('inference', True), ('batch', True),
+                                              ('training', False)])
 def test_preservation_of_an_image_with_itself_is_zero_only_without_dropout_noise(
     mode, noise_free, batch):
   # eps = 0: x_adv = x, so L_p(x, x_adv) is the dropout noise floor of the attention passes.
@@ -95,7 +96,8 @@ def test_one_batchnorm_update_per_step_with_aad():
   x = tf.random.stateless_uniform([6, 8, 8, 1], [3, 4])
   y = tf.constant([0, 1, 2, 0, 1, 2])
   results = {}
-  for base, mode in (('madry', 'inference'), ('alp', 'inference'), ('madry', 'training')):
+  for base, mode in (('madry', 'inference'), ('alp', 'inference'), ('madry', 'batch'),
+                     ('alp', 'batch'), ('madry', 'training')):
     classifier = bn_classifier()
     config = defenses.DefenseConfig(
         defense=base, aad=True, attention_mode=mode, alpha=1.0, beta=1.0,
@@ -110,9 +112,33 @@ def test_one_batchnorm_update_per_step_with_aad():
     tf.function(model.train_step)((x, y))
     results[(base, mode)] = bn.moving_mean.numpy()
     expected = 0.9 * old + 0.1 * batch_mean
-    if mode == 'inference':
+    if mode in ('inference', 'batch'):
       np.testing.assert_allclose(results[(base, mode)], expected, rtol=1e-5, atol=1e-6)
   assert not np.allclose(results[('madry', 'training')], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_batch_mode_attention_terms_use_batch_statistics_and_leave_momentum_alone():
+  """'batch' computes L_r and L_p as 'training' does (batch statistics; this network has no
+  dropout) and not as 'inference' does (moving statistics), and restores the BatchNorm momentum."""
+  x = tf.random.stateless_uniform([6, 8, 8, 1], [3, 4])
+  x_adv = perturbed(x, 0.05, [5, 6])
+  y = tf.constant([0, 1, 2, 0, 1, 2])
+  terms = {}
+  for mode in ('inference', 'batch', 'training'):
+    classifier = bn_classifier()
+    classifier.get_layer('bn').moving_mean.assign([0.5, -0.5, 0.3, 0.1])  # != batch statistics
+    config = defenses.DefenseConfig(defense='madry', aad=True, attention_mode=mode,
+                                    gradcam_normalize='max', kappa=0.2)
+    model = defenses.AADModel(classifier, 'gradcam', config)
+    terms[mode] = model.loss_terms(x, y, x_adv)
+    assert classifier.get_layer('bn').momentum == 0.9
+  for name in ('rect', 'pres', 'cam', 'adv_cam'):
+    batch, training = (getattr(terms[m], name).numpy() for m in ('batch', 'training'))
+    np.testing.assert_allclose(batch, training, rtol=1e-5, atol=1e-6, err_msg=name)
+  assert not np.allclose(terms['batch'].cam.numpy(), terms['inference'].cam.numpy(), atol=1e-3)
+  # The base loss's logits come from its own pass in 'batch' (as in 'inference').
+  np.testing.assert_allclose(terms['batch'].base.numpy(), terms['inference'].base.numpy(),
+                             rtol=1e-5)
 
 
 def test_empty_maps_give_empty_attention_areas_and_unmasked_images():

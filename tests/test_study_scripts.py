@@ -67,10 +67,12 @@ def test_cifar10_study_run_names_give_the_settings(tmp_path):
   script = os.path.join(ROOT, 'docs/results/cifar10_study.sh')
   run = lambda *args: subprocess.run([script, '--dry_run', *args], cwd=ROOT, env=env,
                                      capture_output=True, text=True, timeout=60)
-  result = run('aadtrain_rms_softmax_a0.1_b0.1_s2', 'aad_none_a0.01_b0.01_s0', 'madry_s1')
+  result = run('aadtrain_rms_softmax_a0.1_b0.1_s2', 'aad_none_a0.01_b0.01_s0', 'madry_s1',
+               'aadbatch_rms_softmax_a0.1_b0.1_s0')
   assert result.returncode == 0, result.stderr
   train = [line for line in result.stdout.splitlines() if 'trainers.main' in line]
-  assert len(train) == 3
+  assert len(train) == 4
+  assert '--alpha=0.1 --beta=0.1 --seed=0 --attention_mode=batch' in train[3]
   assert ('--gradcam_normalize=rms_softmax --alpha=0.1 --beta=0.1 --seed=2 '
           '--attention_mode=training') in train[0]
   assert '--gradcam_normalize=none --alpha=0.01 --beta=0.01 --seed=0 --data_dir' in train[1]
@@ -78,10 +80,10 @@ def test_cifar10_study_run_names_give_the_settings(tmp_path):
   assert 'cifar10_madry_cpu.cfg --seed=1' in train[2]
   # Seeds >= 1 get the study suite after the screen; seed 0 (no seed-1 run) the screen only.
   evaluate = [line for line in result.stdout.splitlines() if 'trainers.evaluate' in line]
-  assert [line.count('cw100') for line in evaluate] == [0, 1, 0, 0, 1]
+  assert [line.count('cw100') for line in evaluate] == [0, 1, 0, 0, 1, 0]
   assert not runs_root.exists()  # a dry run creates nothing
-  bad = run('aadbatch_none_a1_b1_s0')
-  assert bad.returncode == 2 and "unknown run 'aadbatch_none_a1_b1_s0'" in bad.stderr
+  bad = run('aadfoo_none_a1_b1_s0')
+  assert bad.returncode == 2 and "unknown run 'aadfoo_none_a1_b1_s0'" in bad.stderr
 
 
 def test_cifar10_study_tables_copy_every_runs_results_beside_the_tables(tmp_path):

@@ -131,7 +131,7 @@ def test_a_large_inference_gap_warns_and_names_the_remedy():
   assert summaries.inference_gap_warning(100, summaries.INFERENCE_GAP_WARNING) is None
   message = summaries.inference_gap_warning(100, 0.3)
   assert 'step 100' in message and '30% fewer' in message
-  assert '--attention_mode=training' in message
+  assert '--attention_mode=batch' in message
 
 
 def free_port():

@@ -59,9 +59,11 @@ def define_flags() -> None:
                     "Scaling of the Grad-CAM maps of L_p and the masks: none (raw, the TOMM "
                     "text), max (per-image max) or rms_softmax (the authors' TF1 code).")
   flags.DEFINE_enum('attention_mode', 'inference', list(defense_lib.ATTENTION_MODES),
-                    "AAD's attention passes: inference (no dropout noise, one BatchNorm update "
-                    "per step) or training (batch statistics: use it for strong AAD terms on a "
-                    "BatchNorm backbone; see README).")
+                    "AAD's attention passes: inference (moving BatchNorm statistics, no dropout "
+                    "noise), batch (batch statistics, no dropout noise, the moving statistics "
+                    "from the base loss's pass only: use it for strong AAD terms on a BatchNorm "
+                    "backbone; see README) or training (the earlier step: four BatchNorm "
+                    "updates, two on masked images).")
   flags.DEFINE_integer('aad_diagnostics_examples', 100,
                        'Training images of the aad/* TensorBoard diagnostics, computed every '
                        '--log_every steps (0: off).', lower_bound=0)

@@ -266,7 +266,7 @@ def metric_names() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 # What the training step optimises.
 
-ATTENTION_MODES = ('inference', 'training')
+ATTENTION_MODES = ('inference', 'batch', 'training')
 
 # Fields of config.json's "defense" written before each base defense owned its hyperparameters
 # (they were flat DefenseConfig fields); `DefenseConfig.from_json` moves them into hparams.
@@ -289,8 +289,10 @@ class DefenseConfig:
     gradcam_normalize: scaling of the Grad-CAM maps that L_p and the masks use, one of
       `gradcam.NORMALIZATIONS` ('none': raw maps, the TOMM text; 'max'; 'rms_softmax': the
       authors' TF1 code). See aad_tf.gradcam.
-    attention_mode: 'inference' (noise-free attention passes, one BatchNorm update per step) or
-      'training' (the earlier behaviour); see aad_tf.defenses.model.
+    attention_mode: 'inference' (noise-free attention passes on BatchNorm's moving statistics, one
+      BatchNorm update per step), 'batch' (attention passes on batch statistics, still one
+      update per step) or 'training' (the earlier behaviour: training-mode passes, four
+      updates); see aad_tf.defenses.model.
     hparams: the base defense's hyperparameters: given as None (its defaults), a mapping
       {name: value} (the others default) or its Hyperparameters instance; always stored as the
       instance (e.g. `config.hparams.trades_beta`).

@@ -22,10 +22,19 @@ attention passes of Fig. 4 (g(x), g(x_adv), f(x_m), f(x_adv_m)) run:
                        the evaluation and A^3 see. Gradients still reach every weight (the
                        moving statistics are constants, as in any inference pass). Costs one
                        extra forward/backward pass per step over 'training'.
+  batch                with dropout off and BatchNorm on each pass's batch statistics, which the
+                       passes do not add to the moving statistics (`batchnorm.frozen_statistics`):
+                       the attention terms act on the function the classification loss trains,
+                       and the moving statistics still come from the base loss's pass only. Use it
+                       for AAD terms that reach the weights on a BatchNorm backbone: in
+                       'inference' mode they act on the moving-statistics network, which the
+                       classification loss never sees, and can break it while the weights still
+                       classify (docs/results/cifar10_study.md). Costs what 'inference' costs.
   training             the earlier behaviour, kept to reproduce older runs: training mode, so every
                        pass draws its own dropout masks and updates BatchNorm statistics (four
-                       updates per step, two of them on masked images), and the base loss reuses
-                       the Grad-CAM passes' logits.
+                       updates per step, two of them on masked images, which pull the moving
+                       statistics away from the images the network classifies), and the base
+                       loss reuses the Grad-CAM passes' logits.
 
 Diagnostics (`AADModel.aad_diagnostics`): on one batch, the gradient norm on the weights of
 alpha * L_r and of beta * L_p relative to that of the base loss, their cosines with it, and the
@@ -36,6 +45,7 @@ Base defenses are small objects (`base.BaseDefense`) in one registry, each in it
 logged are 'loss', the base defense's `metric_names` and, with AAD, 'rect_loss' and 'pres_loss'.
 """
 
+import contextlib
 import dataclasses
 
 import keras
@@ -46,10 +56,27 @@ from aad_tf import gradcam as gradcam_lib
 from aad_tf import losses
 from aad_tf.defenses import base
 from aad_tf.defenses.base import DefenseConfig
+from aad_tf.models import batchnorm
 
 
 # ---------------------------------------------------------------------------------------------
 # The training model.
+
+@contextlib.contextmanager
+def _batch_statistics_without_noise(classifier: keras.Model):
+  """Training-mode calls traced inside: batch statistics, no BatchNorm update, no dropout."""
+  dropouts = [layer for layer in classifier._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.Dropout)]
+  rates = [layer.rate for layer in dropouts]
+  with batchnorm.frozen_statistics(classifier):
+    for layer in dropouts:
+      layer.rate = 0.0
+    try:
+      yield
+    finally:
+      for layer, rate in zip(dropouts, rates):
+        layer.rate = rate
+
 
 @dataclasses.dataclass
 class LossTerms:
@@ -69,6 +96,24 @@ class LossTerms:
   adv_cam: tf.Tensor | None = None
   area: tf.Tensor | None = None
   adv_area: tf.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionPasses:
+  """The four attention passes of Fig. 4 on one batch: g(x), g(x_adv), f(x_m), f(x_adv_m).
+
+  cam / adv_cam are the Grad-CAM maps [B, h, w] of x and x_adv (true label), logits / adv_logits
+  the logits of those passes, area / adv_area the attention areas, masked_logits /
+  adv_masked_logits the logits of the images with their area blanked.
+  """
+  cam: tf.Tensor
+  adv_cam: tf.Tensor
+  area: tf.Tensor
+  adv_area: tf.Tensor
+  logits: tf.Tensor
+  adv_logits: tf.Tensor
+  masked_logits: tf.Tensor
+  adv_masked_logits: tf.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,19 +193,19 @@ class AADModel(keras.Model):
     """Every term of the objective on one replica's batch, per example; call under a tape."""
     cfg = self.config
     training_mode = cfg.attention_mode == 'training'
+    # 'batch' and 'training' attention passes normalise with batch statistics.
+    batch_statistics = cfg.attention_mode in ('batch', 'training')
     clean_logits = adv_logits = None
     if not (cfg.aad and training_mode):
       clean_logits, adv_logits = self.training_logits(x, x_adv)
     if cfg.aad:
-      # Grad-CAM's inner tape is recorded by the caller's tape (second order).
-      attention_features = self.features.fn(training=training_mode)
-      cam, clean_attention_logits = gradcam_lib.gradcam(attention_features, x, y,
-                                                        normalize=cfg.gradcam_normalize)
-      adv_cam, adv_attention_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
-                                                          normalize=cfg.gradcam_normalize)
-      attention_logits = (clean_attention_logits, adv_attention_logits)
+      # 'batch': the attention passes leave the moving statistics to the base loss's pass.
+      frozen = (_batch_statistics_without_noise(self.classifier) if cfg.attention_mode == 'batch'
+                else contextlib.nullcontext())
+      with frozen:
+        passes = self.attention_passes(x, y, x_adv, batch_statistics=batch_statistics)
       if training_mode:  # The earlier step: the base loss reuses the attention passes' logits.
-        clean_logits, adv_logits = attention_logits
+        clean_logits, adv_logits = passes.logits, passes.adv_logits
     base_loss, parts = self.base_defense.loss(y, clean_logits, adv_logits, cfg)
     if set(parts) != set(self.base_defense.metric_names):
       raise ValueError(f'Defense {cfg.defense!r} returned the loss parts {tuple(parts)}; it '
@@ -168,18 +213,31 @@ class AADModel(keras.Model):
     terms = LossTerms(base=base_loss, parts=dict(parts), clean_logits=clean_logits,
                       adv_logits=adv_logits)
     if cfg.aad:
-      area = gradcam_lib.attention_area(cam, kappa=cfg.kappa)
-      adv_area = gradcam_lib.attention_area(adv_cam, kappa=cfg.kappa)
-      masked = gradcam_lib.mask_attention(x, cam, area=area)
-      adv_masked = gradcam_lib.mask_attention(x_adv, adv_cam, area=adv_area)
-      terms.rect = (
-          losses.rectification(attention_logits[0],
-                               self.classifier(masked, training=training_mode)) +
-          losses.rectification(attention_logits[1],
-                               self.classifier(adv_masked, training=training_mode)))
-      terms.pres = losses.preservation(cam, adv_cam)
-      terms.cam, terms.adv_cam, terms.area, terms.adv_area = cam, adv_cam, area, adv_area
+      terms.rect = (losses.rectification(passes.logits, passes.masked_logits) +
+                    losses.rectification(passes.adv_logits, passes.adv_masked_logits))
+      terms.pres = losses.preservation(passes.cam, passes.adv_cam)
+      terms.cam, terms.adv_cam = passes.cam, passes.adv_cam
+      terms.area, terms.adv_area = passes.area, passes.adv_area
     return terms
+
+  def attention_passes(self, x, y, x_adv, *, batch_statistics: bool) -> 'AttentionPasses':
+    """The four attention passes of Fig. 4, on batch or moving BatchNorm statistics."""
+    cfg = self.config
+    # Grad-CAM's inner tape is recorded by the caller's tape (second order).
+    attention_features = self.features.fn(training=batch_statistics)
+    cam, clean_logits = gradcam_lib.gradcam(attention_features, x, y,
+                                            normalize=cfg.gradcam_normalize)
+    adv_cam, adv_logits = gradcam_lib.gradcam(attention_features, x_adv, y,
+                                              normalize=cfg.gradcam_normalize)
+    area = gradcam_lib.attention_area(cam, kappa=cfg.kappa)
+    adv_area = gradcam_lib.attention_area(adv_cam, kappa=cfg.kappa)
+    masked = gradcam_lib.mask_attention(x, cam, area=area)
+    adv_masked = gradcam_lib.mask_attention(x_adv, adv_cam, area=adv_area)
+    return AttentionPasses(
+        cam=cam, adv_cam=adv_cam, area=area, adv_area=adv_area, logits=clean_logits,
+        adv_logits=adv_logits,
+        masked_logits=self.classifier(masked, training=batch_statistics),
+        adv_masked_logits=self.classifier(adv_masked, training=batch_statistics))
 
   def training_logits(self, x, x_adv) -> tuple[tf.Tensor | None, tf.Tensor | None]:
     """Training-mode logits of what the base loss needs, in one pass (one BatchNorm update)."""

@@ -39,6 +39,25 @@ def moving_statistics_kept(layers: List[keras.layers.BatchNormalization]):
       layer.moving_variance.assign(variance)
 
 
+@contextlib.contextmanager
+def frozen_statistics(model: keras.Model):
+  """Training-mode calls traced inside leave the moving statistics as they are.
+
+  Sets every BatchNorm layer's momentum to 1 (moving = 1 * moving + 0 * batch: the update is
+  exact) for the calls made, or traced, inside; the layers still normalise with batch statistics.
+  Momentum is read when a call is traced, so a tf.function traced inside keeps the frozen update.
+  """
+  layers = batchnorm_layers(model)
+  momenta = [layer.momentum for layer in layers]
+  for layer in layers:
+    layer.momentum = 1.0
+  try:
+    yield
+  finally:
+    for layer, momentum in zip(layers, momenta):
+      layer.momentum = momentum
+
+
 def batch_statistics(model: keras.Model, images: np.ndarray,
                      batch_size: int = 100) -> List[tuple]:
   """Per BatchNorm layer, the (mean, variance) of its inputs over `images` in training mode.

@@ -9,8 +9,9 @@
 #
 # Runs: madry_s<k> (flags/cifar10_madry_cpu.cfg --seed=k) and aad_<scaling>_a<alpha>_b<beta>_s<k>
 # (flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=<scaling> --alpha --beta --seed=k);
-# aadtrain_<scaling>_a<alpha>_b<beta>_s<k> is the same with --attention_mode=training (AAD's
-# attention passes on batch statistics, the network the classification loss trains). The
+# aadbatch_<...> and aadtrain_<...> are the same with --attention_mode=batch (AAD's attention
+# passes on batch statistics, the network the classification loss trains) and
+# --attention_mode=training (the same, but the passes also update the moving statistics). The
 # same seed gives the same weights at step 0, data order and training-attack noise, so runs pair
 # by seed. Screen: seed 0, evaluated with clean, PGD-100 and APGD-CE on test images 0-499
 # (<run>/screen/robustness.json). Confirm (any setting with a seed-1 run): seeds 0-2 of Madry and of the best AAD setting, the
@@ -45,7 +46,7 @@ evaluate() {  # dir, output dir, attacks, extra flags...
 DRY=
 if [ "${1:-}" = --dry_run ]; then DRY=echo; shift; fi
 if [ "${1:-}" = resume ]; then  # every run directory under $RUNS, by name
-  set -- $(cd "$RUNS" 2>/dev/null && ls -d madry_s* aad_* aadtrain_* 2>/dev/null || true)
+  set -- $(cd "$RUNS" 2>/dev/null && ls -d madry_s* aad_* aadbatch_* aadtrain_* 2>/dev/null || true)
   echo "resuming under $RUNS: ${*:-nothing}" >&2
 fi
 for run in "$@"; do
@@ -53,10 +54,14 @@ for run in "$@"; do
   case $run in
     madry_s*)
       train $dir --flagfile=flags/cifar10_madry_cpu.cfg --seed=$seed ;;
-    aad_*|aadtrain_*)
+    aad_*|aadbatch_*|aadtrain_*)
       spec=${run#*_}; spec=${spec%_s*}
       scaling=${spec%%_a*}; alpha=${spec#*_a}; alpha=${alpha%%_b*}; beta=${spec##*_b}
-      mode=(); [ "${run%%_*}" = aadtrain ] && mode=(--attention_mode=training)
+      mode=()
+      case ${run%%_*} in
+        aadbatch) mode=(--attention_mode=batch) ;;
+        aadtrain) mode=(--attention_mode=training) ;;
+      esac
       train $dir --flagfile=flags/cifar10_madry_aad_cpu.cfg --gradcam_normalize=$scaling \
         --alpha=$alpha --beta=$beta --seed=$seed "${mode[@]}" ;;
     tables)
@@ -72,7 +77,7 @@ for run in "$@"; do
         done
       done
       continue ;;
-    *) echo "unknown run '$run' (madry_s<k>, aad[train]_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
+    *) echo "unknown run '$run' (madry_s<k>, aad[batch|train]_<scaling>_a<alpha>_b<beta>_s<k>, resume or" \
             "tables)" >&2; exit 2 ;;
   esac
   evaluate $dir $dir/screen $SCREEN_ATTACKS --nodiagnostics
