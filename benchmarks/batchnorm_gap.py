@@ -13,16 +13,24 @@ moving and the recalibrated statistics. Inference far below the other two, which
 weights classify and the moving statistics do not fit them: the signature of AAD's attention terms
 acting on the inference-mode network (docs/results/cifar10_study.md). Writes OUTPUT.json and
 OUTPUT.md.
+
+--calibrate_on=training_attack recalibrates on the run's own training attack's examples of those
+images (crafted against the network recalibrated on the clean images first), the batches a Madry
+loss normalises with; --save_dir=DIR saves each recalibrated classifier as DIR/<run>.keras, for
+`trainers.evaluate --saved_model=DIR/<run>.keras --dataset=...`.
 """
 
+import dataclasses
 import json
 import os
 
 import numpy as np
+import tensorflow as tf
 from absl import app
 from absl import flags
 
 from aad_tf import data as data_lib
+from aad_tf import defenses as defense_lib
 from aad_tf import runs
 from aad_tf.models import batchnorm
 
@@ -38,6 +46,9 @@ def define_flags():
   flags.DEFINE_integer('batch_size', 100, 'Images per batch (also the batch statistics).',
                        lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seed of the calibration images draw.')
+  flags.DEFINE_enum('calibrate_on', 'clean', ['clean', 'training_attack'],
+                    "Recalibrate on the clean images or on the run's training attack's examples.")
+  flags.DEFINE_string('save_dir', None, 'Save each recalibrated classifier as DIR/<run>.keras.')
   flags.DEFINE_string('output', None, 'Output path without extension (.json and .md).')
 
 
@@ -49,7 +60,24 @@ def parse_entry(entry: str) -> tuple:
   return run_dir, (os.path.join(run_dir, 'checkpoints', checkpoint) if checkpoint else None)
 
 
-def measure(run_dir: str, checkpoint, x_test, y_test, x_calibration, batch_size: int) -> dict:
+def training_attack_examples(loaded, config, x, y, batch_size: int) -> np.ndarray:
+  """The run's training attack's examples of (x, y), crafted as its training step crafts them."""
+  defense = dataclasses.replace(
+      config.defense, aad=False,
+      attack=dataclasses.replace(config.defense.attack, warmup_steps=0))  # its full eps
+  model = defense_lib.AADModel(loaded.classifier, loaded.gradcam_layer, defense, seed=config.seed)
+  model.compile(optimizer='sgd')
+  craft = tf.function(lambda images, labels: model.base_defense.craft(
+      model.inference_fn(), images, labels, model.step_config()))
+  labels = np.asarray(y).reshape(-1).astype(np.int32)
+  return np.concatenate([craft(tf.constant(x[i:i + batch_size]),
+                               tf.constant(labels[i:i + batch_size])).numpy()
+                         for i in range(0, len(x) - batch_size + 1, batch_size)])
+
+
+def measure(run_dir: str, checkpoint, x_test, y_test, x_calibration, batch_size: int,
+            y_calibration=None) -> dict:
+  """One row; with y_calibration, recalibrates on the training attack's examples (see above)."""
   loaded = runs.load_classifier(run_dir, checkpoint=checkpoint)
   model = loaded.classifier
   weights = loaded.origin.replace(os.path.normpath(run_dir) + os.sep, '')  # relative to the run
@@ -61,9 +89,13 @@ def measure(run_dir: str, checkpoint, x_test, y_test, x_calibration, batch_size:
   row['layers'] = [g.to_json() for g in batchnorm.statistics_gap(model, x_calibration,
                                                                  batch_size)]
   batchnorm.recalibrate(model, x_calibration, batch_size)
+  if y_calibration is not None:
+    adversarial = training_attack_examples(loaded, loaded.config, x_calibration, y_calibration,
+                                           batch_size)
+    batchnorm.recalibrate(model, adversarial, batch_size)
   row['recalibrated'] = batchnorm.accuracy(model, x_test, y_test, training=False,
                                            batch_size=batch_size)
-  return row
+  return row, model
 
 
 def table(rows) -> str:
@@ -98,15 +130,25 @@ def main(argv):
     data = arrays[key]
     draw = np.random.default_rng(FLAGS.seed).choice(len(data.x_train), FLAGS.calibration_images,
                                                     replace=False)
-    row = measure(run_dir, checkpoint, data.x_test[:FLAGS.examples],
-                  data.y_test[:FLAGS.examples], data.x_train[np.sort(draw)], FLAGS.batch_size)
+    draw = np.sort(draw)
+    row, recalibrated = measure(
+        run_dir, checkpoint, data.x_test[:FLAGS.examples], data.y_test[:FLAGS.examples],
+        data.x_train[draw], FLAGS.batch_size,
+        y_calibration=data.y_train[draw] if FLAGS.calibrate_on == 'training_attack' else None)
+    if FLAGS.save_dir:
+      os.makedirs(FLAGS.save_dir, exist_ok=True)
+      recalibrated.save(os.path.join(FLAGS.save_dir, row['run'] + '.keras'))
     print(row['run'], row['origin'], row['inference'], row['batch_statistics'],
           row['recalibrated'], flush=True)
     rows.append(row)
   settings = {'examples': FLAGS.examples, 'calibration_images': FLAGS.calibration_images,
-              'batch_size': FLAGS.batch_size, 'seed': FLAGS.seed}
+              'batch_size': FLAGS.batch_size, 'seed': FLAGS.seed,
+              'calibrate_on': FLAGS.calibrate_on}
+  on = ('' if FLAGS.calibrate_on == 'clean' else
+        " (the run's training-attack examples of them)")
   md = (f'Clean accuracy (%) on the first {FLAGS.examples} test images; recalibrated on '
-        f'{FLAGS.calibration_images} training images (seed {FLAGS.seed}).\n\n{table(rows)}\n')
+        f'{FLAGS.calibration_images} training images{on} (seed {FLAGS.seed}).\n\n'
+        f'{table(rows)}\n')
   print(md)
   if FLAGS.output:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
