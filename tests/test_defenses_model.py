@@ -97,7 +97,7 @@ def test_one_batchnorm_update_per_step_with_aad():
   y = tf.constant([0, 1, 2, 0, 1, 2])
   results = {}
   for base, mode in (('madry', 'inference'), ('alp', 'inference'), ('madry', 'batch'),
-                     ('alp', 'batch'), ('madry', 'training')):
+                     ('madry', 'training')):
     classifier = bn_classifier()
     config = defenses.DefenseConfig(
         defense=base, aad=True, attention_mode=mode, alpha=1.0, beta=1.0,
