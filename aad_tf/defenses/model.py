@@ -67,15 +67,8 @@ def _batch_statistics_without_noise(classifier: keras.Model):
   """Training-mode calls traced inside: batch statistics, no BatchNorm update, no dropout."""
   dropouts = [layer for layer in classifier._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.Dropout)]
-  rates = [layer.rate for layer in dropouts]
-  with batchnorm.frozen_statistics(classifier):
-    for layer in dropouts:
-      layer.rate = 0.0
-    try:
-      yield
-    finally:
-      for layer, rate in zip(dropouts, rates):
-        layer.rate = rate
+  with batchnorm.frozen_statistics(classifier), batchnorm.attribute_set(dropouts, 'rate', 0.0):
+    yield
 
 
 @dataclasses.dataclass

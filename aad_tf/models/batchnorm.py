@@ -14,7 +14,7 @@ images); `statistics_gap` measures it.
 
 import contextlib
 import dataclasses
-from typing import List
+from typing import List, Sequence
 
 import keras
 import numpy as np
@@ -40,6 +40,18 @@ def moving_statistics_kept(layers: List[keras.layers.BatchNormalization]):
 
 
 @contextlib.contextmanager
+def attribute_set(layers: Sequence[keras.layers.Layer], name: str, value):
+  """Sets attribute `name` of every layer to `value` inside, restoring each one's on exit."""
+  saved = [getattr(layer, name) for layer in layers]
+  for layer in layers:
+    setattr(layer, name, value)
+  try:
+    yield
+  finally:
+    for layer, old in zip(layers, saved):
+      setattr(layer, name, old)
+
+
 def frozen_statistics(model: keras.Model):
   """Training-mode calls traced inside leave the moving statistics as they are.
 
@@ -47,15 +59,7 @@ def frozen_statistics(model: keras.Model):
   exact) for the calls made, or traced, inside; the layers still normalise with batch statistics.
   Momentum is read when a call is traced, so a tf.function traced inside keeps the frozen update.
   """
-  layers = batchnorm_layers(model)
-  momenta = [layer.momentum for layer in layers]
-  for layer in layers:
-    layer.momentum = 1.0
-  try:
-    yield
-  finally:
-    for layer, momentum in zip(layers, momenta):
-      layer.momentum = momentum
+  return attribute_set(batchnorm_layers(model), 'momentum', 1.0)
 
 
 def batch_statistics(model: keras.Model, images: np.ndarray,
