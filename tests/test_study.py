@@ -116,8 +116,11 @@ def test_aad_study_binary_draws_the_sensitivity_of_one_scaling(tmp_path, monkeyp
   fake_run(root, 'screen_rms_softmax_a0_b10', aad=True, worst=0.81, scaling='rms_softmax',
            alpha=0, beta=10)
   fake_run(root, 'screen_none_a0_b10', aad=True, worst=0.50, scaling='none', alpha=0, beta=10)
+  fake_run(root, 'screen_rms_softmax_a0_b1', aad=True, worst=0.70, scaling='rms_softmax',
+           alpha=0, beta=1, attention_mode='training')
   points = aad_study.sensitivity_points(study.load_screen(root), 'rms_softmax')
-  # The baseline is the sweep's alpha = beta = 0; the other scaling's row is not in the sweep.
+  # The baseline is the sweep's alpha = beta = 0; the other scaling's row, and a row whose
+  # attention passes ran in another mode, are not in the sweep.
   assert [(p.name, p.alpha, p.beta, p.accuracy['worst_case']) for p in points] == [
       ('confirm_madry_s0', 0.0, 0.0, 0.80), ('screen_rms_softmax_a0_b10', 0.0, 10.0, 0.81)]
   if 'sensitivity_scaling' not in flags.FLAGS:

@@ -43,10 +43,14 @@ def define_flags() -> None:
 
 
 def sensitivity_points(rows, scaling: str) -> list:
-  """The rows of `scaling`, and the baseline as alpha = beta = 0, as the figure's sweep points."""
+  """The rows of `scaling`, and the baseline as alpha = beta = 0, as the figure's sweep points.
+
+  Only rows of the default attention passes ('inference'): a run whose attention passes ran
+  otherwise is another method, not another weight.
+  """
   from aad_tf import figures  # matplotlib: only when a figure is drawn
   return [figures.SweepPoint(r.name, r.alpha, r.beta, r.accuracy) for r in rows
-          if r.scaling in (scaling, '-')]
+          if r.scaling == '-' or (r.scaling == scaling and r.attention_mode == 'inference')]
 
 
 def main(argv):
