@@ -29,7 +29,8 @@ attention passes of Fig. 4 (g(x), g(x_adv), f(x_m), f(x_adv_m)) run:
                        for AAD terms that reach the weights on a BatchNorm backbone: in
                        'inference' mode they act on the moving-statistics network, which the
                        classification loss never sees, and can break it while the weights still
-                       classify (docs/results/cifar10_study.md). Costs what 'inference' costs.
+                       classify (docs/results/cifar10_study.md). The same passes as 'inference'
+                       (its step cost is not measured separately).
   training             the earlier behaviour, kept to reproduce older runs: training mode, so every
                        pass draws its own dropout masks and updates BatchNorm statistics (four
                        updates per step, two of them on masked images, which pull the moving
